@@ -1,0 +1,240 @@
+"""A ``Case``: one loss, one format and the exact inputs, validated and replayable.
+
+Inputs are cast to the format the way numpy casts; from then on they are exact binary
+values, and the oracle works from those. A case serialises to JSON with every float as an
+exact hex string (``float.hex``), so a failure can be pasted back in and replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stabcheck.errors import InvalidArgument
+from stabcheck.formats import Format, get_format
+from stabcheck.losses import LabelKind, LossSpec, get_loss
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """Validated inputs of one loss evaluation.
+
+    ``predictions`` and float ``labels`` are arrays of the format's dtype; sparse labels
+    are ``int64``. Rowwise losses always hold 2-D predictions (N x C); a single row given
+    as a 1-D array becomes 1 x C.
+    """
+
+    loss: LossSpec
+    format: Format
+    predictions: np.ndarray
+    labels: np.ndarray
+    params: Mapping[str, float] = field(default_factory=dict)
+    regime: str = "manual"
+
+    @classmethod
+    def build(
+        cls,
+        loss: str | LossSpec,
+        predictions: Any,
+        labels: Any,
+        format: str | Format = "float64",
+        regime: str = "manual",
+        **params: Any,
+    ) -> Case:
+        """Validate and cast the inputs of ``loss``; raise ``InvalidArgument`` if they are bad."""
+        spec, fmt = get_loss(loss), get_format(format)
+        preds = _float_array("predictions", predictions, fmt)
+        if spec.rowwise:
+            preds = _rows(preds)
+        if spec.labels is LabelKind.SPARSE:
+            labs = _sparse_labels(labels, preds.shape)
+        else:
+            labs = _float_array("labels", labels, fmt)
+            if spec.rowwise and labs.ndim == 1:
+                labs = labs.reshape(1, -1)
+            if labs.shape != preds.shape:
+                raise InvalidArgument(
+                    f"labels has shape {labs.shape} but predictions has shape {preds.shape}; "
+                    f"{spec.name} takes {spec.labels.value} labels shaped like the predictions"
+                )
+            _check_unit_interval("labels", labs, allow_nan=False)
+        if spec.inputs.value == "probabilities":
+            _check_unit_interval("predictions", preds, allow_nan=True)
+        return cls(spec, fmt, preds, labs, _params(spec, fmt, params), regime)
+
+    # -- the shape of the answer ---------------------------------------------------------
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of the unreduced loss."""
+        return self.predictions.shape[:1] if self.loss.rowwise else self.predictions.shape
+
+    # -- serialisation -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        sparse = self.loss.labels is LabelKind.SPARSE
+        return {
+            "loss": self.loss.name,
+            "format": self.format.name,
+            "predictions": _hex(self.predictions),
+            "labels": self.labels.tolist() if sparse else _hex(self.labels),
+            "params": {k: float(v).hex() for k, v in sorted(self.params.items())},
+            "regime": self.regime,
+        }
+
+    def to_json(self) -> str:
+        """The case as one line of JSON, floats as exact hex strings."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> Case:
+        """Replay a case written by ``to_json``."""
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        return cls.build(
+            data["loss"],
+            parse_floats(data["predictions"]),
+            parse_floats(data["labels"]),
+            format=data.get("format", "float64"),
+            regime=data.get("regime", "manual"),
+            **{k: parse_floats(v) for k, v in data.get("params", {}).items()},
+        )
+
+    @property
+    def id(self) -> str:
+        """A short stable identifier: a hash of the loss, format, inputs and parameters."""
+        payload = {k: v for k, v in self.to_dict().items() if k != "regime"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def cli(self) -> str:
+        """A ``stabcheck oracle`` command line that recomputes this case exactly."""
+        d = self.to_dict()
+        args = [
+            "stabcheck oracle",
+            d["loss"],
+            f"--predictions '{json.dumps(d['predictions'], separators=(',', ':'))}'",
+            f"--labels '{json.dumps(d['labels'], separators=(',', ':'))}'",
+            f"--format {d['format']}",
+        ]
+        args += [f"--{k.replace('_', '-')} {v}" for k, v in d["params"].items()]
+        return " ".join(args)
+
+    def __repr__(self) -> str:
+        return f"Case.from_json({self.to_json()!r})"
+
+
+def parse_floats(value: Any) -> Any:
+    """Nested lists of numbers or hex strings ('0x1.8p+1', 'inf', 'nan') to floats."""
+    if isinstance(value, list):
+        return [parse_floats(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return float.fromhex(value) if "0x" in value.lower() else float(value)
+        except ValueError:
+            raise InvalidArgument(
+                f"{value!r} is not a number; write decimals, or hex floats such as '0x1.8p+1'"
+            ) from None
+    return value
+
+
+def _hex(array: np.ndarray) -> Any:
+    flat = [float(v).hex() for v in array.astype(np.float64).ravel()]
+    return np.array(flat, dtype=object).reshape(array.shape).tolist()
+
+
+def _float_array(name: str, values: Any, fmt: Format) -> np.ndarray:
+    try:
+        array = np.asarray(parse_floats(values) if isinstance(values, (list, str)) else values)
+    except ValueError as exc:
+        raise InvalidArgument(f"{name} is not a rectangular array of numbers: {exc}") from None
+    if array.dtype.kind not in "biuf" and array.dtype != fmt.dtype:
+        raise InvalidArgument(
+            f"{name} has dtype {array.dtype}; it must hold real numbers (ints or floats)"
+        )
+    if array.size == 0:
+        raise InvalidArgument(f"{name} is empty; give at least one value")
+    array = np.atleast_1d(array)
+    with np.errstate(over="ignore"):
+        return array.astype(fmt.dtype)
+
+
+def _rows(preds: np.ndarray) -> np.ndarray:
+    if preds.ndim == 1:
+        return preds.reshape(1, -1)
+    if preds.ndim != 2:
+        raise InvalidArgument(
+            f"predictions has shape {preds.shape}; rowwise losses take N x C predictions "
+            "(or one row of C)"
+        )
+    return preds
+
+
+def _check_unit_interval(name: str, array: np.ndarray, *, allow_nan: bool) -> None:
+    values = array.astype(np.float64)
+    bad = ~((values >= 0) & (values <= 1))
+    if allow_nan:
+        bad &= ~np.isnan(values)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        what = "probabilities" if name == "predictions" else "labels"
+        raise InvalidArgument(
+            f"{name}[{', '.join(map(str, index))}]={float(values[index])!r} is outside [0, 1]; "
+            f"{what} must lie in [0, 1]" + ("" if allow_nan else " and must not be NaN")
+        )
+
+
+def _sparse_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.atleast_1d(np.asarray(parse_floats(labels) if isinstance(labels, list) else labels))
+    n, classes = shape
+    if array.shape != (n,):
+        raise InvalidArgument(
+            f"labels has shape {array.shape} but predictions has {n} rows; sparse labels are "
+            f"one integer class index per row, shape ({n},)"
+        )
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(
+                f"labels[{i}]={float(array[i])!r} is not an integer class index; sparse labels are "
+                f"integers in [0, {classes})"
+            )
+    elif array.dtype.kind not in "iub":
+        raise InvalidArgument(f"labels has dtype {array.dtype}; sparse labels are integers")
+    ints = array.astype(np.int64)
+    bad = (ints < 0) | (ints >= classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidArgument(
+            f"labels[{i}]={int(ints[i])} is out of range for {classes} classes; sparse labels "
+            f"are integers in [0, {classes})"
+        )
+    return ints
+
+
+def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any]) -> dict[str, float]:
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        takes = ", ".join(spec.params) or "no parameters"
+        raise InvalidArgument(f"{spec.name} got unknown parameter {unknown[0]}=...; it takes {takes}")
+    missing = [name for name in spec.params if params.get(name) is None]
+    if missing:
+        raise InvalidArgument(f"{spec.name} needs {missing[0]}=..., a finite positive number")
+    out = {}
+    for name, value in params.items():
+        try:
+            number = float(np.asarray(value, dtype=fmt.dtype))
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise InvalidArgument(
+                f"{name}={value!r} is not valid; it must be a finite positive number "
+                f"(in {fmt.name}, where it is {number!r})"
+            )
+        out[name] = number
+    return out
