@@ -1,6 +1,11 @@
 """stabcheck: exact numerical-stability testing of cross-entropy losses."""
 
-from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached, StabcheckError
+from stabcheck.errors import (
+    AdapterUnavailable,
+    InvalidArgument,
+    PrecisionLimitReached,
+    StabcheckError,
+)
 from stabcheck.formats import FORMATS, Format, get_format
 from stabcheck.losses import LOSSES, LossSpec, get_loss
 

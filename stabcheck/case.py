@@ -221,7 +221,9 @@ def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any]) -> dict[str,
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         takes = ", ".join(spec.params) or "no parameters"
-        raise InvalidArgument(f"{spec.name} got unknown parameter {unknown[0]}=...; it takes {takes}")
+        raise InvalidArgument(
+            f"{spec.name} got unknown parameter {unknown[0]}=...; it takes {takes}"
+        )
     missing = [name for name in spec.params if params.get(name) is None]
     if missing:
         raise InvalidArgument(f"{spec.name} needs {missing[0]}=..., a finite positive number")

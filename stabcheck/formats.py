@@ -101,8 +101,9 @@ class Format:
             if value == 0:
                 return -0.0 if bias < 0 else 0.0
             negative = value < 0
-            return self._round_ratio(negative, abs(value.numerator), value.denominator, 0,
-                                     -bias if negative else bias)
+            return self._round_ratio(
+                negative, abs(value.numerator), value.denominator, 0, -bias if negative else bias
+            )
         raw = getattr(value, "_mpf_", value)
         sign, man, exp, _ = raw
         if not man:
@@ -196,8 +197,7 @@ def get_format(name: str | Format | np.dtype | type) -> Format:
     close = difflib.get_close_matches(name, list(_BY_NAME), n=2, cutoff=0.6)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise InvalidArgument(
-        f"format={name!r} is not a known format.{hint} "
-        f"Valid formats: {', '.join(format_names())}."
+        f"format={name!r} is not a known format.{hint} Valid formats: {', '.join(format_names())}."
     )
 
 
