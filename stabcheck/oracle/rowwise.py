@@ -1,0 +1,187 @@
+"""Exact rowwise losses: categorical cross-entropy on probabilities and softmax
+cross-entropy on logits, with soft labels (sparse labels arrive one-hot). Each row is a
+unit: ``unit(prec)`` encloses the loss and its gradient at ``prec`` bits.
+
+Conventions: 0 log 0 = 0; a probability of 0 under a positive label, or a -inf logit
+under a positive label, gives +inf; probabilities are used as given (no
+renormalisation); infinite logits are limits where the limit exists (the true class
+alone at +inf with the others finite costs 0; a -inf logit under a zero label
+contributes nothing and gets a zero gradient); where it does not (two +inf logits
+sharing a positive label, or every logit -inf) the answer is NaN; NaN in gives NaN out.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from stabcheck.formats import to_mpf
+from stabcheck.oracle import enclosure as E
+from stabcheck.oracle.enclosure import CTX, Interval, Quantity, midpoint, ratio
+
+NAN, INF = math.nan, math.inf
+
+
+class Softmax:
+    """L = sum_i y_i (logsumexp(x) - x_i), dL/dx_i = Y p_i - y_i with p = softmax(x).
+
+    With m = max x at index k, Y = sum y and S = sum_{i != k} exp(x_i - m):
+
+        L = D + Y log1p(S),   D = sum_i y_i (m - x_i)   (exact, non-negative)
+
+    so a loss of 1e-300 next to a logit of 1e30 stays exact, and no subtraction cancels.
+    For the classes tied with the maximum the gradient is (Y - y_i) - Y S / (1 + S).
+    When every finite logit is tied the softmax is rational (1/n) and so is the gradient.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, grad: bool, soft: bool) -> None:
+        self.x, self.y, self.grad, self.soft = x, y, grad, soft
+        self.labelled = np.flatnonzero(y)
+        self.Y = sum((Fraction(float(v)) for v in y[self.labelled]), Fraction(0))
+        finite = ~np.isinf(x)
+        self.m = float(np.max(x)) if finite.any() else -INF
+        self.ties = np.flatnonzero(x == self.m)
+        self.k = int(self.ties[0]) if self.ties.size else -1
+        self.others = np.flatnonzero(finite & (x != self.m))
+        self.fixed_value, self.fixed_grads = self._special()
+
+    def _special(self) -> tuple[Quantity | None, list[Quantity] | None]:
+        """What is decided without enclosures: NaN, infinite logits, zero labels, and
+        rows whose softmax is rational. None where an enclosure is needed."""
+        x, C = self.x, len(self.x)
+        zeros: list[Quantity] = [Fraction(0)] * C
+        if np.isnan(x).any():
+            return NAN, [NAN] * C
+        plus = np.flatnonzero(x == INF)
+        if plus.size:
+            if (x[self.labelled] != INF).any():
+                value: Quantity | None = INF
+            elif self.Y == 0 or plus.size == 1:
+                value = Fraction(0)
+            else:
+                value = NAN
+            if self.Y == 0:
+                return value, zeros
+            if plus.size > 1:
+                return value, [NAN] * C
+            return value, self._rational_grads(plus)
+        if self.m == -INF:  # every logit is -inf: no softmax
+            return (Fraction(0), zeros) if self.Y == 0 else (NAN, [NAN] * C)
+        rational = self.others.size == 0  # every finite logit tied: p = 1/n there
+        if np.isneginf(x[self.labelled]).any():
+            value = INF
+        elif self.Y == 0:
+            value = Fraction(0)
+        elif rational and self.ties.size == 1:
+            value = E.to_fraction(self.exact_part())
+        else:
+            value = None
+        if not self.grad:
+            return value, []
+        if self.Y == 0:
+            return value, zeros
+        return value, (self._rational_grads(self.ties) if rational else None)
+
+    def _rational_grads(self, support: np.ndarray) -> list[Quantity]:
+        """Y p_i - y_i when p is uniform on ``support`` and zero elsewhere."""
+        grads: list[Quantity] = [-Fraction(float(v)) for v in self.y]
+        for i in support:
+            grads[i] += self.Y / support.size
+        return grads
+
+    def exact_part(self) -> tuple:
+        """D = sum_i y_i (m - x_i) over the labelled classes, exactly."""
+        m = to_mpf(self.m)
+        return E.exact_sum(
+            [
+                E.exact_mul(to_mpf(self.y[i]), E.exact_sub(m, to_mpf(self.x[i])))
+                for i in self.labelled
+            ]
+        )
+
+    def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
+        if self.fixed_value is not None and self.fixed_grads is not None:
+            return self.fixed_value, self.fixed_grads
+        x, y = self.x, self.y
+        m = to_mpf(self.m)
+        exps = {int(i): E.exp(E.exact_sub(to_mpf(x[i]), m), prec) for i in self.others}
+        ones = [E.point(E.ONE)] * (self.ties.size - 1)
+        S = E.interval_sum([*exps.values(), *ones], prec)
+        Yr = E.point(E.to_raw(self.Y))
+        value = self.fixed_value
+        if value is None:
+            log_part = E.mul(Yr, E.log1p(S, prec), prec)
+            value = E.add(E.point(self.exact_part()), log_part, prec)
+        if self.fixed_grads is not None:
+            return value, self.fixed_grads
+        denominator = E.add(E.point(E.ONE), S, prec)
+        tail = E.mul(Yr, E.div(S, denominator, prec), prec)  # Y (1 - p_k) = Y S / (1 + S)
+        grads: list[Quantity] = [-Fraction(float(v)) for v in y]  # -inf logits: -y_i
+        for i in self.ties:
+            grads[i] = E.sub(E.point(E.to_raw(self.Y - Fraction(float(y[i])))), tail, prec)
+        for i, e in exps.items():
+            share = E.mul(Yr, E.div(e, denominator, prec), prec)
+            grads[i] = E.sub(share, E.point(to_mpf(y[i])), prec)
+        return value, grads
+
+    def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
+        """Relative condition numbers of the loss with respect to the logits, and of each
+        gradient element with respect to the logits and (when soft) the labels."""
+        C = len(self.x)
+        if not np.isfinite(self.x).all():
+            return NAN, [NAN] * C
+        x = [CTX.mpf(float(v)) for v in self.x]
+        y = [CTX.mpf(float(v)) for v in self.y]
+        e = [CTX.exp(v - CTX.mpf(self.m)) for v in x]
+        total = CTX.fsum(e)
+        p = [v / total for v in e]
+        Y = CTX.fsum(y)
+        g = [Y * pi - yi for pi, yi in zip(p, y)]
+        kappa = ratio(CTX.fsum(abs(a * b) for a, b in zip(x, g)), midpoint(value))
+        if not grads:
+            return kappa, []
+        W = CTX.fsum(abs(a) * b for a, b in zip(x, p))
+        kappas = []
+        for xi, yi, pi, q in zip(x, y, p, grads):
+            num = Y * pi * (abs(xi) * (1 - pi) + W - abs(xi) * pi)
+            if self.soft:
+                num += pi * (Y - yi) + yi * (1 - pi)
+            kappas.append(ratio(num, midpoint(q)))
+        return kappa, kappas
+
+
+class Categorical:
+    """L = -sum_i y_i log p_i, a sum of non-negative terms; dL/dp_i = -y_i / p_i."""
+
+    def __init__(self, p: np.ndarray, y: np.ndarray, grad: bool, soft: bool) -> None:
+        self.p, self.y, self.grad, self.soft = p, y, grad, soft
+
+    def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
+        p, y = self.p, self.y
+        if np.isnan(p).any():
+            return NAN, [NAN] * len(p) if self.grad else []
+        grads: list[Quantity] = []
+        if self.grad:
+            for pi, yi in zip(p, y):
+                if yi == 0:
+                    grads.append(Fraction(0))
+                else:
+                    grads.append(-INF if pi == 0 else -Fraction(float(yi)) / Fraction(float(pi)))
+        terms: list[Interval] = []
+        for i in np.flatnonzero(y):
+            if p[i] == 0:
+                return INF, grads
+            if p[i] != 1:
+                neg_log = E.neg_log(to_mpf(p[i]), prec)
+                terms.append(E.mul(E.point(to_mpf(y[i])), neg_log, prec))
+        return (E.interval_sum(terms, prec) if terms else Fraction(0)), grads
+
+    def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
+        labelled = np.flatnonzero(self.y)
+        if np.isnan(self.p).any() or (self.p[labelled] == 0).any():
+            return NAN, [NAN] * len(grads)
+        kappa = ratio(CTX.fsum(CTX.mpf(float(self.y[i])) for i in labelled), midpoint(value))
+        per_element = 2.0 if self.soft else 1.0
+        return kappa, [per_element if yi else 0.0 for yi in self.y[: len(grads)]]
