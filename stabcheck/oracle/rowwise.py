@@ -13,9 +13,11 @@ sharing a positive label, or every logit -inf) the answer is NaN; NaN in gives N
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from fractions import Fraction
 
 import numpy as np
+from mpmath import libmp
 
 from stabcheck.formats import to_mpf
 from stabcheck.oracle import enclosure as E
@@ -128,28 +130,68 @@ class Softmax:
 
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
         """Relative condition numbers of the loss with respect to the logits, and of each
-        gradient element with respect to the logits and (when soft) the labels."""
+        gradient element with respect to the logits and (when soft) the labels:
+
+            kappa(L)   = sum_i |x_i g_i| / L
+            kappa(g_i) = (Y p_i (|x_i| (1 - p_i) + sum_{j != i} |x_j| p_j)
+                          + p_i (Y - y_i) + y_i (1 - p_i)) / |g_i|
+
+        where the label terms count only for soft labels; a -inf logit under a zero label
+        contributes nothing. Computed at 53 bits with raw mpmath numbers (the exponent
+        range matters, not the last digits)."""
         C = len(self.x)
-        if not np.isfinite(self.x).all():
-            return NAN, [NAN] * C
-        x = [CTX.mpf(float(v)) for v in self.x]
-        y = [CTX.mpf(float(v)) for v in self.y]
-        e = [CTX.exp(v - CTX.mpf(self.m)) for v in x]
-        total = CTX.fsum(e)
-        p = [v / total for v in e]
-        Y = CTX.fsum(y)
-        g = [Y * pi - yi for pi, yi in zip(p, y)]
-        kappa = ratio(CTX.fsum(abs(a * b) for a, b in zip(x, g)), midpoint(value))
+        nan_grads = [NAN] * len(grads)
+        if np.isnan(self.x).any() or (self.x == INF).any() or self.m == -INF:
+            return NAN, nan_grads
+        add, mul, div = _approx(libmp.mpf_add), _approx(libmp.mpf_mul), _approx(libmp.mpf_div)
+        sub = _approx(libmp.mpf_sub)
+
+        def total(values: Iterable[tuple]) -> tuple:
+            out = E.ZERO
+            for v in values:
+                out = add(out, v)
+            return out
+
+        m = to_mpf(self.m)
+        x = {int(i): to_mpf(self.x[i]) for i in np.flatnonzero(np.isfinite(self.x))}
+        e = {i: libmp.mpf_exp(libmp.mpf_sub(xi, m, 53), 53) for i, xi in x.items()}
+        rest = total(v for i, v in e.items() if i != self.k)  # S
+        norm = add(E.ONE, rest)  # 1 + S
+        p = {i: div(v, norm) for i, v in e.items()}
+        tail = div(rest, norm)  # 1 - p_i for the tied classes, without cancellation
+        q = {i: tail if self.x[i] == self.m else sub(E.ONE, pi) for i, pi in p.items()}
+        Y, y = E.to_raw(self.Y), [to_mpf(v) for v in self.y]
+        g = {  # Y p_i - y_i, and (Y - y_i) - Y (1 - p_i) for the tied classes
+            i: sub(sub(Y, y[i]), mul(Y, q[i])) if self.x[i] == self.m else sub(mul(Y, pi), y[i])
+            for i, pi in p.items()
+        }
+        num = total(libmp.mpf_abs(mul(x[i], gi)) for i, gi in g.items())
+        kappa = ratio(CTX.make_mpf(num), midpoint(value))
         if not grads:
             return kappa, []
-        W = CTX.fsum(abs(a) * b for a, b in zip(x, p))
+        weights = {i: mul(libmp.mpf_abs(x[i]), pi) for i, pi in p.items()}
+        W = total(weights.values())
         kappas = []
-        for xi, yi, pi, q in zip(x, y, p, grads):
-            num = Y * pi * (abs(xi) * (1 - pi) + W - abs(xi) * pi)
+        for i in range(C):
+            if i not in p:
+                kappas.append(0.0 if self.y[i] == 0 else NAN)
+                continue
+            others = (  # sum_{j != i} |x_j| p_j, summed afresh where p_i dominates W
+                total(w for j, w in weights.items() if j != i)
+                if libmp.mpf_ge(p[i], libmp.from_man_exp(1, -1))
+                else sub(W, weights[i])
+            )
+            sensitivity = add(mul(libmp.mpf_abs(x[i]), q[i]), others)
+            n = mul(mul(Y, p[i]), sensitivity)
             if self.soft:
-                num += pi * (Y - yi) + yi * (1 - pi)
-            kappas.append(ratio(num, midpoint(q)))
+                n = add(add(n, mul(p[i], sub(Y, y[i]))), mul(y[i], q[i]))
+            kappas.append(ratio(CTX.make_mpf(libmp.mpf_abs(n)), midpoint(grads[i])))
         return kappa, kappas
+
+
+def _approx(op):
+    """``op`` at 53 bits, rounded to nearest."""
+    return lambda a, b: op(a, b, 53)
 
 
 class Categorical:

@@ -1,0 +1,173 @@
+"""The ``stabcheck`` command: ``list``, ``oracle`` (and, as they land, ``audit``, ``gate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from stabcheck.errors import InvalidArgument, StabcheckError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except InvalidArgument as exc:
+        print(f"stabcheck {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StabcheckError as exc:
+        print(f"stabcheck {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stabcheck",
+        description="Exact numerical-stability testing of cross-entropy losses.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="list the losses and formats")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=_list)
+
+    oracle = commands.add_parser(
+        "oracle",
+        help="the exact loss (and gradient) of one input, correctly rounded",
+        description="Compute a loss exactly from the binary values of the inputs and round "
+        "it correctly to the format. Inputs are JSON arrays of numbers or of hex floats "
+        "('0x1.8p+1', 'inf', 'nan'); they are cast to the format first, as numpy would.",
+    )
+    oracle.add_argument("loss", help="a loss name, see `stabcheck list`")
+    oracle.add_argument(
+        "--predictions",
+        required=True,
+        type=_json,
+        metavar="JSON",
+        help="logits or probabilities, e.g. '[[2.0, 1.0, 0.1]]'",
+    )
+    oracle.add_argument(
+        "--labels",
+        required=True,
+        type=_json,
+        metavar="JSON",
+        help="targets shaped like the predictions, or class indices",
+    )
+    oracle.add_argument("--pos-weight", type=float, help="pos_weight of the weighted loss")
+    oracle.add_argument("--format", default="float64", help="float64, float32, float16, bfloat16")
+    oracle.add_argument("--grad", action="store_true", help="also the gradient")
+    oracle.add_argument(
+        "--digits", type=int, default=30, help="significant digits of the exact value (default 30)"
+    )
+    oracle.add_argument("--json", action="store_true", help="print one JSON object")
+    oracle.set_defaults(run=_oracle)
+    return parser
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc.msg}); write e.g. '[[2.0, 1.0]]' or '[\"0x1p-3\"]'"
+        ) from None
+
+
+def _list(args: argparse.Namespace) -> int:
+    from stabcheck.formats import FORMATS
+    from stabcheck.losses import LOSSES
+
+    losses = [
+        {
+            "name": s.name,
+            "inputs": s.inputs.value,
+            "labels": s.labels.value,
+            "output": s.output.value,
+            "params": list(s.params),
+            "aliases": list(s.aliases),
+            "formula": s.formula,
+        }
+        for s in LOSSES
+    ]
+    formats = [
+        {
+            "name": f.name,
+            "precision": f.precision,
+            "emin": f.emin,
+            "emax": f.emax,
+            "max": f.max,
+            "aliases": list(f.aliases),
+        }
+        for f in FORMATS
+    ]
+    if args.json:
+        print(json.dumps({"losses": losses, "formats": formats}, indent=2))
+        return 0
+    print("Losses:")
+    for loss in losses:
+        params = f" ({', '.join(loss['params'])})" if loss["params"] else ""
+        print(f"  {loss['name']}{params}")
+        print(
+            f"      {loss['inputs']}, {loss['labels']} labels, {loss['output']}: {loss['formula']}"
+        )
+    print("Formats:")
+    for fmt in formats:
+        print(f"  {fmt['name']:<9} {fmt['precision']:>2} bits, max {fmt['max']:.6g}")
+    return 0
+
+
+def _oracle(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stabcheck.case import Case
+    from stabcheck.oracle import decimal, evaluate
+
+    if args.digits < 1:
+        raise InvalidArgument(f"--digits={args.digits} must be a positive number of digits")
+    params = {} if args.pos_weight is None else {"pos_weight": args.pos_weight}
+    case = Case.build(args.loss, args.predictions, args.labels, format=args.format, **params)
+    result = evaluate(case, grad=args.grad)
+    digits = decimal(case, args.digits)
+    single = result.value.size == 1
+
+    def hexes(array: np.ndarray) -> Any:
+        return np.vectorize(lambda v: float(v).hex(), otypes=[object])(array).tolist()
+
+    if args.json:
+        out: dict[str, Any] = {
+            "loss": case.loss.name,
+            "format": case.format.name,
+            "value": hexes(result.value).pop() if single else hexes(result.value),
+            "decimal": digits[0] if single else digits,
+            "condition": float(result.condition.ravel()[0])
+            if single
+            else result.condition.tolist(),
+            "case": case.to_dict(),
+        }
+        if args.grad:
+            out["gradient"] = hexes(result.gradient)
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{case.loss.name} in {case.format.name}")
+    for i, (value, text, kappa) in enumerate(
+        zip(result.value.ravel().tolist(), digits, result.condition.ravel())
+    ):
+        label = "" if single else f"[{i}] "
+        print(f"  {label}value     {value!r:<24} {value.hex()}")
+        print(f"  {label}exact     {text}")
+        print(f"  {label}condition {kappa:.3g}")
+    if args.grad:
+        print("  gradient (correctly rounded):")
+        for index in np.ndindex(result.gradient.shape):
+            g = float(result.gradient[index])
+            print(f"    {list(index)!s:<10} {g!r:<24} {g.hex()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
