@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from stabcheck.errors import InvalidArgument
-from stabcheck.formats import Format, get_format
+from stabcheck.formats import FORMATS, Format, get_format
 from stabcheck.losses import LabelKind, LossSpec, get_loss
 
 
@@ -152,15 +152,13 @@ def _float_array(name: str, values: Any, fmt: Format) -> np.ndarray:
         array = np.asarray(parse_floats(values) if isinstance(values, (list, str)) else values)
     except ValueError as exc:
         raise InvalidArgument(f"{name} is not a rectangular array of numbers: {exc}") from None
-    if array.dtype.kind not in "biuf" and array.dtype != fmt.dtype:
+    if array.dtype.kind not in "biuf" and array.dtype not in {f.dtype for f in FORMATS}:
         raise InvalidArgument(
             f"{name} has dtype {array.dtype}; it must hold real numbers (ints or floats)"
         )
     if array.size == 0:
         raise InvalidArgument(f"{name} is empty; give at least one value")
-    array = np.atleast_1d(array)
-    with np.errstate(over="ignore"):
-        return array.astype(fmt.dtype)
+    return fmt.asarray(np.atleast_1d(array))
 
 
 def _rows(preds: np.ndarray) -> np.ndarray:
@@ -201,20 +199,20 @@ def _sparse_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
         if bad.any():
             i = int(np.argmax(bad))
             raise InvalidArgument(
-                f"labels[{i}]={float(array[i])!r} is not an integer class index; sparse labels are "
-                f"integers in [0, {classes})"
+                f"labels[{i}]={float(array[i])!r} is not an integer class index; sparse labels "
+                f"are integers in [0, {classes})"
             )
     elif array.dtype.kind not in "iub":
         raise InvalidArgument(f"labels has dtype {array.dtype}; sparse labels are integers")
-    ints = array.astype(np.int64)
-    bad = (ints < 0) | (ints >= classes)
+    bad = (array < 0) | (array >= classes)
     if bad.any():
         i = int(np.argmax(bad))
+        value = array[i].item()
         raise InvalidArgument(
-            f"labels[{i}]={int(ints[i])} is out of range for {classes} classes; sparse labels "
+            f"labels[{i}]={value!r} is out of range for {classes} classes; sparse labels "
             f"are integers in [0, {classes})"
         )
-    return ints
+    return array.astype(np.int64)
 
 
 def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any]) -> dict[str, float]:
@@ -230,7 +228,7 @@ def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any]) -> dict[str,
     out = {}
     for name, value in params.items():
         try:
-            number = float(np.asarray(value, dtype=fmt.dtype))
+            number = float(fmt.asarray(float(value)))
         except (TypeError, ValueError):
             number = math.nan
         if not (math.isfinite(number) and number > 0):

@@ -77,11 +77,21 @@ class Format:
     def contains(self, x: float) -> bool:
         """Whether ``x`` is exactly a value of this format (NaN and infinities are)."""
         x = float(x)
-        return math.isnan(x) or float(self.dtype.type(x)) == x
+        with np.errstate(over="ignore"):
+            return math.isnan(x) or float(self.dtype.type(x)) == x
 
     def asarray(self, values: Any) -> np.ndarray:
-        """``values`` as an array of this format (rounded to nearest, as numpy casts)."""
-        return np.asarray(values, dtype=self.dtype)
+        """``values`` as an array of this format, each correctly rounded (ties to even).
+
+        numpy casts correctly, except ml_dtypes' cast from float64 to bfloat16, which goes
+        through float32 and can round twice; those values are rounded here one by one.
+        """
+        array = np.asarray(values)
+        if self.name == "bfloat16" and array.dtype.kind == "f" and array.itemsize > 4:
+            flat = [self.round(v) for v in array.astype(np.float64).ravel().tolist()]
+            return np.array(flat, dtype=self.dtype).reshape(array.shape)
+        with np.errstate(over="ignore"):
+            return array.astype(self.dtype)
 
     # -- rounding ----------------------------------------------------------------------
 
@@ -93,8 +103,8 @@ class Format:
         of a zero. With ``bias=0`` ties go to even and an exact zero is +0.
         """
         if isinstance(value, float):
-            if not math.isfinite(value):
-                return value
+            if not math.isfinite(value) or (value == 0 and bias == 0):
+                return value  # infinities, NaN and signed zeros are values of every format
             value = Fraction(value)
         if isinstance(value, (int, Fraction)):
             value = Fraction(value)
