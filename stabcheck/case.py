@@ -75,6 +75,16 @@ class Case:
         """The shape of the unreduced loss."""
         return self.predictions.shape[:1] if self.loss.rowwise else self.predictions.shape
 
+    def unit(self, index: tuple[int, ...]) -> Case:
+        """The one row (rowwise) or element that output ``index`` comes from, as a case."""
+        if self.loss.rowwise:
+            pick = slice(index[0], index[0] + 1)
+            preds, labels = self.predictions[pick], self.labels[pick]
+        else:
+            preds = self.predictions[tuple(index)].reshape(1)
+            labels = self.labels[tuple(index)].reshape(1)
+        return Case(self.loss, self.format, preds, labels, dict(self.params), self.regime)
+
     # -- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,6 +66,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     oracle.add_argument("--json", action="store_true", help="print one JSON object")
     oracle.set_defaults(run=_oracle)
+
+    audit = commands.add_parser(
+        "audit",
+        help="measure implementations against the oracle and write a report",
+        description="Run implementations x losses x formats x regimes on the same seeded "
+        "cases, measure values (and gradients) against the oracle, and write "
+        "measurements.csv, summary.md, worst.md, cases.jsonl, run.json and plots to --out.",
+    )
+    audit.add_argument(
+        "--impl",
+        action="append",
+        metavar="NAME",
+        help="an implementation (see `stabcheck list`) or module:function; "
+        "repeat for several (default: all registered)",
+    )
+    audit.add_argument("--loss", action="append", metavar="NAME", help="repeatable")
+    audit.add_argument("--format", action="append", metavar="F", help="repeatable")
+    audit.add_argument("--regime", action="append", metavar="R", help="repeatable")
+    audit.add_argument(
+        "--examples", type=int, default=None, help="cases per loss, format and regime (default 12)"
+    )
+    audit.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    audit.add_argument("--grad", action="store_true", help="also measure gradients")
+    audit.add_argument(
+        "--timeout", type=float, default=None, help="seconds one call may take (default 60)"
+    )
+    audit.add_argument(
+        "--max-ulps",
+        type=float,
+        default=None,
+        help="ULPs tolerated on a well-conditioned input (default 4)",
+    )
+    audit.add_argument("--out", required=True, help="directory for the report")
+    audit.set_defaults(run=_audit)
     return parser
 
 
@@ -80,7 +114,9 @@ def _json(text: str) -> Any:
 
 def _list(args: argparse.Namespace) -> int:
     from stabcheck.formats import FORMATS
+    from stabcheck.implementations import implementation_names, implementations
     from stabcheck.losses import LOSSES
+    from stabcheck.strategies import REGIMES
 
     losses = [
         {
@@ -105,8 +141,37 @@ def _list(args: argparse.Namespace) -> int:
         }
         for f in FORMATS
     ]
+    regimes = [
+        {
+            "name": r.name,
+            "description": r.description,
+            "losses": [s.name for s in LOSSES if r.applies(s)],
+        }
+        for r in REGIMES
+    ]
+    impls = [
+        {
+            "name": name,
+            "library": found[0].library,
+            "description": found[0].description,
+            "losses": [i.loss for i in found],
+            "formats": list(found[0].formats),
+        }
+        for name in implementation_names()
+        for found in [implementations(names=name)]
+    ]
     if args.json:
-        print(json.dumps({"losses": losses, "formats": formats}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "losses": losses,
+                    "formats": formats,
+                    "regimes": regimes,
+                    "implementations": impls,
+                },
+                indent=2,
+            )
+        )
         return 0
     print("Losses:")
     for loss in losses:
@@ -118,6 +183,12 @@ def _list(args: argparse.Namespace) -> int:
     print("Formats:")
     for fmt in formats:
         print(f"  {fmt['name']:<9} {fmt['precision']:>2} bits, max {fmt['max']:.6g}")
+    print("Regimes:")
+    for regime in regimes:
+        print(f"  {regime['name']:<12} {regime['description']}")
+    print("Implementations (also any module:function):")
+    for impl in impls:
+        print(f"  {impl['name']:<12} {impl['library']}: {impl['description']}")
     return 0
 
 
@@ -166,6 +237,38 @@ def _oracle(args: argparse.Namespace) -> int:
         for index in np.ndindex(result.gradient.shape):
             g = float(result.gradient[index])
             print(f"    {list(index)!s:<10} {g!r:<24} {g.hex()}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from stabcheck.audit import AuditConfig, run_audit, terminal_progress
+    from stabcheck.report import write_measurements, write_report
+
+    given = {
+        "implementations": args.impl, "losses": args.loss, "formats": args.format,
+        "regimes": args.regime, "examples": args.examples, "timeout": args.timeout,
+        "max_ulps": args.max_ulps,
+    }  # fmt: skip
+    config = AuditConfig(
+        seed=args.seed, grad=args.grad, **{k: v for k, v in given.items() if v is not None}
+    ).validated()
+    result = run_audit(
+        config,
+        progress=terminal_progress(),
+        checkpoint=lambda partial: write_measurements(partial, args.out),
+    )
+    paths = write_report(result, config, args.out)
+    frame = result.frame()
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    print(
+        f"\n{len(frame)} measurements of {len(result.cases)} cases in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        file=sys.stderr,
+    )
+    print(f"report: {', '.join(str(p) for p in paths[:5])}", file=sys.stderr)
+    if result.interrupted:
+        print("interrupted: the report holds what was measured", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,7 +6,7 @@ exact value, not its rounding), the condition number, and a status:
 
     ok          within tolerance: ULPs <= max_ulps * max(1, condition)
     inaccurate  beyond tolerance (or a number where the exact answer is NaN)
-    underflow   0 where the correctly rounded exact value is not 0
+    underflow   0 where the correctly rounded exact value is not 0, beyond tolerance
     overflow    +-inf where the correctly rounded exact value is finite
     clipped     finite where the exact value is +-inf
     nan         NaN where the exact value is not NaN
@@ -39,6 +39,9 @@ OVERFLOW, CLIPPED, NAN, ERROR, TIMEOUT = "overflow", "clipped", "nan", "error", 
 STATUSES = (OK, INACCURATE, UNDERFLOW, OVERFLOW, CLIPPED, NAN, ERROR, TIMEOUT)
 ACCURACY_LOSSES = frozenset({INACCURATE, UNDERFLOW})
 HARD_FAILURES = frozenset({NAN, OVERFLOW, CLIPPED, ERROR, TIMEOUT})
+# How serious a status is: hard failures above losses of accuracy above ok.
+SEVERITY = {s: i for i, s in enumerate(
+    (OK, INACCURATE, UNDERFLOW, OVERFLOW, CLIPPED, NAN, ERROR, TIMEOUT))}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,10 @@ def classify(
         return status, ulps, relative
     if math.isinf(got) and math.isfinite(expected):
         return OVERFLOW, ulps, relative
-    if got == 0 and expected != 0:
-        return UNDERFLOW, ulps, relative
     allowed = max_ulps * max(1.0, condition if math.isfinite(condition) else 1.0)
-    return (OK if ulps <= allowed else INACCURATE), ulps, relative
+    if ulps <= allowed:
+        return OK, ulps, relative
+    return (UNDERFLOW if got == 0 else INACCURATE), ulps, relative
 
 
 def bits_of_error(ulps: float) -> float:

@@ -1,0 +1,383 @@
+"""The audit: implementations x losses x formats x regimes, measured against the oracle.
+
+For each loss, format and regime the cases are drawn once (hypothesis, seeded per group
+so that adding a loss does not change another's cases), the oracle is evaluated once per
+case, and every selected implementation runs on the same cases in a child process of its
+own, with a time limit: an implementation that raises, hangs, crashes or returns something
+unusable becomes a row with status ``error`` or ``timeout`` and the audit carries on.
+One row of the returned DataFrame is one measurement (see ``COLUMNS``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stabcheck.case import Case
+from stabcheck.errors import InvalidArgument, PrecisionLimitReached
+from stabcheck.formats import format_names, get_format
+from stabcheck.implementations import Implementation, get_implementation, implementations
+from stabcheck.losses import get_loss, loss_names
+from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, SEVERITY, TIMEOUT, Measurement, measure
+from stabcheck.oracle import OracleResult, evaluate
+from stabcheck.strategies import cases as case_strategy
+from stabcheck.strategies import get_regime, regimes_for
+
+COLUMNS = (
+    "implementation", "library", "loss", "format", "regime", "case_id", "quantity", "index",
+    "status", "ulps", "bits", "relative_error", "condition", "exact", "expected", "got", "note",
+)  # fmt: skip
+DEFAULT_EXAMPLES = 12
+DEFAULT_TIMEOUT = 60.0
+WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What to audit. ``None`` selects everything registered or applicable."""
+
+    implementations: Sequence[str] | None = None
+    losses: Sequence[str] | None = None
+    formats: Sequence[str] | None = None
+    regimes: Sequence[str] | None = None
+    examples: int = DEFAULT_EXAMPLES
+    seed: int = 0
+    grad: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    max_ulps: float = DEFAULT_MAX_ULPS
+
+    def validated(self) -> AuditConfig:
+        """Check every argument up front, with the fix in the message."""
+        if (
+            isinstance(self.examples, bool)
+            or not isinstance(self.examples, int)
+            or (self.examples < 1)
+        ):
+            raise InvalidArgument(f"examples={self.examples!r} must be a positive integer")
+        if not self.timeout > 0:
+            raise InvalidArgument(f"timeout={self.timeout!r} must be a positive number of seconds")
+        if not self.max_ulps >= 0:
+            raise InvalidArgument(f"max_ulps={self.max_ulps!r} must be a non-negative number")
+        for loss in self.losses or ():
+            get_loss(loss)
+        for fmt in self.formats or ():
+            get_format(fmt)
+        for regime in self.regimes or ():
+            get_regime(regime)
+        for name in self.implementations or ():
+            if ":" not in name:
+                implementations(names=name)
+        return self
+
+
+@dataclass
+class AuditResult:
+    """The measurements, the cases they refer to, and what happened on the way."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    cases: dict[str, Case] = field(default_factory=dict)
+    oracle_failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def frame(self) -> Any:
+        """The measurements as a pandas DataFrame with the columns ``COLUMNS``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+
+def group_seed(seed: int, loss: str, fmt: str, regime: str) -> int:
+    """The seed of one (loss, format, regime) group, derived from the run's seed."""
+    return zlib.crc32(f"{seed}:{loss}:{fmt}:{regime}".encode())
+
+
+def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> list[Case]:
+    """``examples`` distinct cases of one group, the same for the same seed."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as fixed_seed
+
+    drawn: dict[str, Case] = {}
+
+    @fixed_seed(group_seed(seed, loss, fmt, regime))
+    @settings(
+        max_examples=examples,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case_strategy(loss, fmt, regime))
+    def collect(case: Case) -> None:
+        drawn.setdefault(case.id, case)
+
+    collect()
+    return list(drawn.values())[:examples]
+
+
+def run_audit(
+    config: AuditConfig,
+    progress: Callable[[str, int, int], None] | None = None,
+    checkpoint: Callable[[AuditResult], None] | None = None,
+) -> AuditResult:
+    """Run the audit; ``checkpoint`` is called after every group with the rows so far.
+
+    An interrupt (Ctrl-C) stops the run between cases and returns what was measured, with
+    ``interrupted`` set.
+    """
+    config = config.validated()
+    start = time.perf_counter()
+    result = AuditResult()
+    groups = list(_groups(config))
+    runners: dict[str, _Runner] = {}
+    try:
+        for number, (loss, fmt, regime) in enumerate(groups, 1):
+            impls = _implementations(config, loss, fmt)
+            if not impls:
+                continue
+            examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
+            if progress:
+                progress(f"{loss} {fmt} {regime}", number, len(groups))
+            for case in draw_cases(loss, fmt, regime, examples, config.seed):
+                try:
+                    exact = evaluate(case, grad=config.grad)
+                except PrecisionLimitReached as exc:
+                    result.oracle_failures.append(f"{case.id}: {exc}")
+                    continue
+                result.cases[case.id] = case
+                for impl in impls:
+                    runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
+                    outcome = runner.call(impl, case, config.grad)
+                    result.rows.extend(_rows(impl, case, exact, outcome, config))
+            if checkpoint:
+                checkpoint(result)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        for runner in runners.values():
+            runner.close()
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _groups(config: AuditConfig) -> Iterator[tuple[str, str, str]]:
+    losses = [get_loss(x).name for x in config.losses] if config.losses else loss_names()
+    formats = [get_format(f).name for f in config.formats] if config.formats else format_names()
+    wanted = [get_regime(r).name for r in config.regimes] if config.regimes else None
+    for loss in losses:
+        for fmt in formats:
+            for regime in regimes_for(loss):
+                if wanted is None or regime in wanted:
+                    yield loss, fmt, regime
+
+
+def _implementations(config: AuditConfig, loss: str, fmt: str) -> list[Implementation]:
+    if config.implementations is None:
+        found = implementations(losses=loss)
+    else:
+        found = []
+        for name in config.implementations:
+            if ":" in name:
+                found.append(get_implementation(name, loss))
+            else:
+                found.extend(implementations(names=name, losses=loss))
+    return [impl for impl in found if fmt in impl.formats]
+
+
+# -- running an implementation ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call returned: float64 arrays, or the reason there are none."""
+
+    values: np.ndarray | None = None
+    gradient: np.ndarray | None = None
+    status: str = "ok"  # ok, error or timeout
+    note: str = ""
+
+
+def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
+    """Call ``impl`` on ``case`` in this process and check what comes back."""
+    if impl.backend != "numpy":
+        raise InvalidArgument(
+            f"backend={impl.backend!r} of {impl.name!r} is not supported by this version; "
+            "numpy implementations only"
+        )
+    notes = []
+    values = _checked(
+        "returned", impl.fn(*_inputs(case), **case.params), case.output_shape, case, notes
+    )
+    gradient = None
+    if grad and impl.grad is not None:
+        raw = impl.grad(*_inputs(case), **case.params)
+        gradient = _checked("gradient", raw, case.predictions.shape, case, notes)
+    return Outcome(values, gradient, note="; ".join(notes))
+
+
+def _inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    return case.predictions.copy(), case.labels.copy()
+
+
+def _checked(
+    what: str, out: Any, shape: tuple[int, ...], case: Case, notes: list[str]
+) -> np.ndarray:
+    try:
+        array = np.asarray(out)
+    except Exception as exc:  # garbage of any kind is a finding
+        raise TypeError(f"{what} {type(out).__name__}, not an array: {exc}") from None
+    known = {get_format(f).dtype for f in format_names()}
+    if array.dtype.kind != "f" and array.dtype not in known:
+        raise TypeError(f"{what} dtype {array.dtype} (a {type(out).__name__}); expected floats")
+    if array.shape != shape:
+        raise TypeError(f"{what} shape {array.shape}; expected {shape}")
+    if array.dtype != case.format.dtype:
+        notes.append(f"{what} {array.dtype} for {case.format.name} input")
+    return array.astype(np.float64)
+
+
+class _Runner:
+    """A child process that runs one implementation family, restarted after a timeout
+    or a crash. Forked, so it inherits every implementation the parent has loaded."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name, self.timeout = name, timeout
+        self.process: Any = None
+        self.conn: Any = None
+
+    def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return _protected(impl, case, grad)  # no isolation without fork (Windows)
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        self.conn.send((impl.loss, impl.name, case, grad))
+        if not self.conn.poll(self.timeout):
+            self.close()
+            return Outcome(status=TIMEOUT, note=f"no answer within {self.timeout:g} s")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            code = self.process.exitcode if self.process else None
+            self.close()
+            return Outcome(status=ERROR, note=f"the process died (exit code {code})")
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5)
+            self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _serve(conn: Any) -> None:
+    while True:
+        try:
+            loss, name, case, grad = conn.recv()
+        except EOFError:
+            return
+        impl = get_implementation(name, loss) if ":" in name else _find(name, loss)
+        conn.send(_protected(impl, case, grad))
+
+
+def _find(name: str, loss: str) -> Implementation:
+    return implementations(names=name, losses=loss)[0]
+
+
+def _protected(impl: Implementation, case: Case, grad: bool) -> Outcome:
+    try:
+        with np.errstate(all="ignore"):
+            return invoke(impl, case, grad)
+    except Exception as exc:  # the failure is the finding
+        return Outcome(status=ERROR, note=f"{type(exc).__name__}: {exc}"[:500])
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+def _rows(
+    impl: Implementation, case: Case, exact: OracleResult, outcome: Outcome, config: AuditConfig
+) -> Iterable[dict[str, Any]]:
+    base = {
+        "implementation": impl.name,
+        "library": impl.library,
+        "loss": case.loss.name,
+        "format": case.format.name,
+        "regime": case.regime,
+        "case_id": case.id,
+    }
+    quantities = ["value", "gradient"] if config.grad and impl.grad is not None else ["value"]
+    if outcome.values is None:
+        for quantity in quantities:
+            yield {**base, "quantity": quantity, "index": "", "status": outcome.status,
+                   "note": outcome.note}  # fmt: skip
+        return
+    for m in measure(exact, outcome.values, max_ulps=config.max_ulps):
+        yield {**base, **_columns(m), "quantity": "value", "note": outcome.note}
+    if outcome.gradient is not None:
+        measured = measure(exact, outcome.gradient, gradient=True, max_ulps=config.max_ulps)
+        for m in _worst_per_unit(measured, case):
+            yield {**base, **_columns(m), "quantity": "gradient", "note": outcome.note}
+
+
+def _worst_per_unit(rows: list[Measurement], case: Case) -> list[Measurement]:
+    """The worst gradient element of each row (rowwise) or each element."""
+    units: dict[tuple[int, ...], Measurement] = {}
+    for m in rows:
+        unit = m.index[:1] if case.loss.rowwise else m.index
+        best = units.get(unit)
+        if best is None or _severity(m) > _severity(best):
+            units[unit] = m
+    return list(units.values())
+
+
+def _severity(m: Measurement) -> tuple[int, float]:
+    return SEVERITY[m.status], m.ulps
+
+
+def _columns(m: Measurement) -> dict[str, Any]:
+    return {
+        "index": ",".join(map(str, m.index)),
+        "status": m.status,
+        "ulps": m.ulps,
+        "bits": m.bits,
+        "relative_error": m.relative_error,
+        "condition": m.condition,
+        "exact": m.exact,
+        "expected": m.expected,
+        "got": m.got,
+    }
+
+
+def terminal_progress() -> Callable[[str, int, int], None] | None:
+    """A one-line progress display on a terminal; None (quiet) in CI or when piped."""
+    if os.environ.get("CI") or not sys.stderr.isatty():
+        return None
+    start = time.perf_counter()
+
+    def show(label: str, number: int, total: int) -> None:
+        width = 24
+        done = int(width * (number - 1) / total)
+        elapsed = time.perf_counter() - start
+        bar = "#" * done + "-" * (width - done)
+        sys.stderr.write(f"\r[{bar}] {number}/{total} {elapsed:6.0f}s {label:<60.60}")
+        sys.stderr.flush()
+
+    return show

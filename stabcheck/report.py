@@ -1,0 +1,355 @@
+"""Audit rows to files a person reads and a pull request diffs.
+
+``write_report(result, config, out)`` writes, each file atomically (a temporary file
+renamed into place, so an interrupted run never leaves half a file):
+
+* ``measurements.csv`` (and ``measurements.parquet`` when pyarrow is installed): one row a
+  measurement, the columns of ``stabcheck.audit.COLUMNS``;
+* ``cases.jsonl.gz``: every case measured, ``{"id": ..., "case": {...}}`` with hex floats;
+* ``summary.md``: implementation x format at a glance, hard failures apart from losses of
+  accuracy, then per implementation x loss x format the count of each status, the median
+  and maximum ULPs and a histogram of the bits of error;
+* ``worst.md``: the worst measurements of each implementation, each with a reproduction;
+* ``run.json``: the seed, the configuration, the versions of everything, the wall time;
+* ``plots/*.png`` when matplotlib is installed: status and error by regime and format.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from stabcheck.audit import AuditConfig, AuditResult
+from stabcheck.case import Case
+from stabcheck.formats import format_names
+from stabcheck.measure import ACCURACY_LOSSES, HARD_FAILURES, SEVERITY, STATUSES
+
+BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bits of error: 0, <=1, <=2, ... <=64, more
+SPARK = " ▁▂▃▄▅▆▇█"
+WORST_PER_IMPLEMENTATION = 10
+INLINE_CASE_LIMIT = 600  # characters of JSON above which a reproduction points to cases.jsonl
+
+
+def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> list[Path]:
+    """Write every report file into ``out`` (created if needed); return their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = result.frame()
+    written = [
+        _atomic(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
+        _atomic(out / "cases.jsonl.gz", lambda f: _write_cases(f, result.cases), binary=True),
+        _atomic(out / "summary.md", lambda f: f.write(summary_markdown(frame, result, config))),
+        _atomic(out / "worst.md", lambda f: f.write(worst_markdown(frame, result.cases))),
+        _atomic(out / "run.json", lambda f: f.write(json.dumps(run_info(result, config),
+                                                                indent=2))),
+    ]  # fmt: skip
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        written.append(_atomic(out / "measurements.parquet", frame.to_parquet, binary=True))
+    written.extend(plot(frame, out / "plots"))
+    return written
+
+
+def write_measurements(result: AuditResult, out: str | Path) -> Path:
+    """Only the measurements (a checkpoint during a long run)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _atomic(out / "measurements.csv", lambda f: result.frame().to_csv(f, index=False))
+
+
+def load_case(path: str | Path, case_id: str) -> Case:
+    """The case ``case_id`` from a ``cases.jsonl.gz`` written by ``write_report``."""
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            entry = json.loads(line)
+            if entry["id"] == case_id:
+                return Case.from_json(entry["case"])
+    from stabcheck.errors import InvalidArgument
+
+    raise InvalidArgument(f"case_id={case_id!r} is not in {path}; see its 'id' fields")
+
+
+# -- summary ------------------------------------------------------------------------------
+
+
+def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
+    """The seed, configuration, versions and counts of a run, for run.json and headers."""
+    import hypothesis
+    import mpmath
+    import numpy
+    import pandas
+
+    import stabcheck
+
+    frame = result.frame()
+    return {
+        "seed": config.seed,
+        "config": asdict(config),
+        "interrupted": result.interrupted,
+        "wall_time_seconds": round(result.seconds, 1),
+        "measurements": len(frame),
+        "cases": len(result.cases),
+        "oracle_failures": result.oracle_failures,
+        "versions": {
+            "stabcheck": stabcheck.__version__,
+            "python": platform.python_version(),
+            "numpy": numpy.__version__,
+            "mpmath": mpmath.__version__,
+            "mpmath_backend": mpmath.libmp.BACKEND,
+            "hypothesis": hypothesis.__version__,
+            "pandas": pandas.__version__,
+            "platform": platform.platform(),
+        },
+    }
+
+
+def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> str:
+    """The summary: a glance table, failures by kind, then the detail table."""
+    info = run_info(result, config)
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if k != "platform")
+    lines = [
+        "# stabcheck audit",
+        "",
+        f"Seed {config.seed}; {config.examples} cases per loss, format and regime; "
+        f"{'values and gradients' if config.grad else 'values'}; tolerance "
+        f"{config.max_ulps:g} ULPs x max(1, condition number); "
+        f"{info['measurements']} measurements of {info['cases']} cases in "
+        f"{info['wall_time_seconds']:.0f} s. {versions}.",
+    ]
+    if result.interrupted:
+        lines += ["", "**This run was interrupted: the report covers only what was measured.**"]
+    if result.oracle_failures:
+        lines += ["", f"The oracle gave up on {len(result.oracle_failures)} cases (run.json)."]
+    if frame.empty:
+        return "\n".join([*lines, "", "No measurements.", ""])
+    lines += ["", "## At a glance", "",
+              "Worst status and largest ULPs (over all losses, regimes, values and gradients).",
+              ""]  # fmt: skip
+    formats = [f for f in format_names() if f in set(frame["format"])]
+    lines += _table(
+        ["implementation", *formats],
+        [
+            [impl, *(_glance(group[group["format"] == f]) for f in formats)]
+            for impl, group in frame.groupby("implementation", sort=False)
+        ],
+    )
+    lines += ["", "## Hard failures and losses of accuracy", "",
+              "Hard failures (nan, overflow, clipped, error, timeout) break training; losses "
+              "of accuracy (inaccurate, underflow) cost bits.", ""]  # fmt: skip
+    rows = []
+    for impl, group in frame.groupby("implementation", sort=False):
+        statuses = group["status"]
+        rows.append([
+            impl, len(group), int(statuses.isin(HARD_FAILURES).sum()),
+            int(statuses.isin(ACCURACY_LOSSES).sum()), int((statuses == "ok").sum()),
+            _kinds(statuses),
+        ])  # fmt: skip
+    lines += _table(["implementation", "measurements", "hard failures", "accuracy losses",
+                     "ok", "by status"], rows)  # fmt: skip
+    lines += ["", "## Per implementation, loss and format", "",
+              f"Bits of error histogram bins: {' | '.join(_bin_labels())}.", ""]  # fmt: skip
+    detail = []
+    keys = ["implementation", "loss", "format", "quantity"]
+    for (impl, loss, fmt, quantity), group in frame.groupby(keys, sort=False):
+        counts = group["status"].value_counts()
+        finite = group["ulps"].dropna()
+        finite = finite[finite.map(math.isfinite)]
+        detail.append([
+            impl, loss, fmt, quantity, len(group),
+            *(int(counts.get(s, 0)) for s in STATUSES),
+            _num(finite.median()) if len(finite) else "",
+            _num(finite.max()) if len(finite) else "",
+            f"`{_spark(group['bits'])}`",
+        ])  # fmt: skip
+    lines += _table([*keys, "n", *STATUSES, "median ULPs", "max ULPs", "bits"], detail)
+    return "\n".join([*lines, ""])
+
+
+def _glance(group: Any) -> str:
+    if group.empty:
+        return "-"
+    status = max(group["status"], key=SEVERITY.__getitem__)
+    finite = [u for u in group["ulps"].dropna() if math.isfinite(u)]
+    return f"{status}, {_num(max(finite))} ULPs" if finite else status
+
+
+def _kinds(statuses: Any) -> str:
+    counts = statuses.value_counts()
+    return ", ".join(f"{s} {int(counts[s])}" for s in STATUSES if s in counts and s != "ok")
+
+
+def _bin_labels() -> list[str]:
+    return ["0", *(f"<={b}" for b in BINS[1:]), ">64"]
+
+
+def histogram(bits: Any) -> list[int]:
+    """Counts of bits of error in the bins 0, <=1, <=2, <=4, ..., <=64, more (or inf)."""
+    counts = [0] * (len(BINS) + 1)
+    for b in bits.dropna():
+        index = next((i for i, edge in enumerate(BINS) if b <= edge), len(BINS))
+        counts[index] += 1
+    return counts
+
+
+def _spark(bits: Any) -> str:
+    counts = histogram(bits)
+    top = max(counts) or 1
+    return "".join(SPARK[math.ceil(c / top * (len(SPARK) - 1))] for c in counts)
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x >= 1000 else f"{x:g}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+# -- worst cases --------------------------------------------------------------------------
+
+
+def worst_markdown(frame: Any, cases: dict[str, Case]) -> str:
+    """The worst measurements of each implementation, with pasteable reproductions."""
+    lines = ["# Worst cases", "",
+             "The most serious measurements of each implementation (hard failures first, "
+             "then the most ULPs), one per case. Replay one with the `stabcheck oracle` "
+             "line, or in Python with `Case.from_json(...)`; large cases are in "
+             "`cases.jsonl.gz` (`stabcheck.report.load_case`).", ""]  # fmt: skip
+    if frame.empty:
+        return "\n".join([*lines, "No measurements.", ""])
+    ranked = frame.assign(
+        _severity=frame["status"].map(SEVERITY), _ulps=frame["ulps"].fillna(math.inf)
+    ).sort_values(["_severity", "_ulps"], ascending=False, kind="stable")
+    for impl, group in ranked.groupby("implementation", sort=False):
+        bad = group[group["status"] != "ok"].drop_duplicates("case_id")
+        lines += [f"## {impl}", ""]
+        if bad.empty:
+            lines += ["Every measurement is ok.", ""]
+            continue
+        for _, row in bad.head(WORST_PER_IMPLEMENTATION).iterrows():
+            lines += _worst_entry(row, cases.get(row["case_id"]))
+    return "\n".join(lines)
+
+
+def _worst_entry(row: Any, case: Case | None) -> list[str]:
+    where = f"[{row['index']}]" if row["index"] != "" else ""
+    lines = [
+        f"### {row['status']}: {row['loss']} {row['quantity']}{where}, {row['format']}, "
+        f"regime {row['regime']}",
+        "",
+    ]
+    if row["status"] in ("error", "timeout"):
+        lines += [f"{row['note']}", ""]
+    else:
+        lines += [
+            f"exact {row['exact']}, correctly rounded {_hex(row['expected'])}, returned "
+            f"{_hex(row['got'])}: {_num(row['ulps'])} ULPs, condition number "
+            f"{row['condition']:.3g}." + (f" Note: {row['note']}." if row["note"] else ""),
+            "",
+        ]
+    if case is not None:
+        if row["index"] != "":
+            case = case.unit(tuple(int(i) for i in str(row["index"]).split(",")))
+        text = case.to_json()
+        if len(text) <= INLINE_CASE_LIMIT:
+            lines += ["```", case.cli(), "```", "", "```python", f"Case.from_json({text!r})",
+                      "```", ""]  # fmt: skip
+        else:
+            lines += ["```python", f"load_case('cases.jsonl.gz', {row['case_id']!r})  # "
+                      f"{case.predictions.shape} inputs, row {row['index']}", "```",
+                      ""]  # fmt: skip
+    return lines
+
+
+def _hex(x: float) -> str:
+    return f"{x!r} ({float(x).hex()})" if math.isfinite(x) else repr(x)
+
+
+def _write_cases(f: Any, cases: dict[str, Case]) -> None:
+    with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:  # mtime 0: same bytes each run
+        for cid, case in cases.items():
+            line = json.dumps({"id": cid, "case": case.to_dict()}, separators=(",", ":"))
+            z.write(line.encode() + b"\n")
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+def plot(frame: Any, out: Path) -> list[Path]:
+    """One PNG per implementation: the worst status (colour) and the largest bits of
+    error (number) for each regime and format, values and gradients side by side."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+    except ImportError:
+        return []
+    if frame.empty:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    colours = ["#4caf50", "#ffc107", "#ff9800", "#e53935", "#8e24aa", "#b71c1c", "#424242",
+               "#757575"]  # fmt: skip
+    cmap = ListedColormap(colours)
+    formats = [f for f in format_names() if f in set(frame["format"])]
+    written = []
+    for impl, group in frame.groupby("implementation", sort=False):
+        quantities = list(dict.fromkeys(group["quantity"]))
+        regimes = list(dict.fromkeys(group["regime"]))
+        fig, axes = plt.subplots(1, len(quantities), squeeze=False,
+                                 figsize=(3.4 + 1.6 * len(formats) * len(quantities),
+                                          1.2 + 0.45 * len(regimes)))  # fmt: skip
+        for ax, quantity in zip(axes[0], quantities):
+            part = group[group["quantity"] == quantity]
+            grid = [[float("nan")] * len(formats) for _ in regimes]
+            for (regime, fmt), cell in part.groupby(["regime", "format"]):
+                status = max(cell["status"], key=SEVERITY.__getitem__)
+                grid[regimes.index(regime)][formats.index(fmt)] = SEVERITY[status]
+                finite = [b for b in cell["bits"].dropna() if math.isfinite(b)]
+                label = f"{max(finite):.0f}" if finite else status
+                ax.text(formats.index(fmt), regimes.index(regime), label, ha="center",
+                        va="center", fontsize=8)  # fmt: skip
+            ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(colours) - 0.5, aspect="auto")
+            ax.set_xticks(range(len(formats)), formats, fontsize=8)
+            ax.set_yticks(range(len(regimes)), regimes, fontsize=8)
+            ax.set_title(f"{impl}: {quantity}", fontsize=9)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours]
+        fig.legend(handles, list(SEVERITY), loc="center right", fontsize=7, frameon=False,
+                   title="worst status", title_fontsize=7)  # fmt: skip
+        fig.suptitle("numbers: largest bits of error, log2(1 + ULPs)", fontsize=7, y=0.02)
+        fig.tight_layout(rect=(0, 0.04, 0.84, 1))
+        path = out / f"{impl.replace(':', '_').replace('/', '_')}.png"
+        written.append(_atomic(path, lambda f, fig=fig: fig.savefig(f, dpi=110), binary=True))
+        plt.close(fig)
+    return written
+
+
+# -- atomic writes ------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
