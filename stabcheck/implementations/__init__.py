@@ -1,0 +1,178 @@
+"""The registry of everything auditable, and the loader of a user's ``module:function``.
+
+An ``Implementation`` is one callable for one loss: ``fn(predictions, labels, **params)``
+returns the unreduced losses (elementwise for the binary and sigmoid forms, one per row for
+the others), taking arrays of its ``backend``. Families share a ``name`` across losses:
+``reference.py`` registers ``naive``, ``stable`` and ``accurate`` for every loss at import.
+Third-party adapters register the same way from their own modules and import their library
+only inside ``fn``, so that listing them costs nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stabcheck.errors import InvalidArgument
+from stabcheck.formats import get_format
+from stabcheck.losses import get_loss
+
+BACKENDS = ("numpy", "torch", "tensorflow", "jax")
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One auditable callable for one loss.
+
+    ``grad`` (numpy backends only) returns d(sum of losses)/d(predictions) shaped like the
+    predictions; other backends are differentiated by their own autodiff.
+    """
+
+    name: str
+    loss: str
+    fn: Callable[..., Any]
+    backend: str = "numpy"
+    grad: Callable[..., Any] | None = None
+    formats: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
+    library: str = "stabcheck"
+    description: str = ""
+
+
+_REGISTRY: dict[tuple[str, str], Implementation] = {}
+
+
+def register(impl: Implementation) -> Implementation:
+    """Add ``impl`` to the registry (its loss and formats canonicalised) and return it."""
+    if not isinstance(impl, Implementation):
+        raise InvalidArgument(f"impl={impl!r} is not an Implementation; build one first")
+    if not impl.name or not isinstance(impl.name, str):
+        raise InvalidArgument(f"name={impl.name!r} is not valid; give a non-empty string")
+    _check_backend(impl.backend)
+    for what, value in (("fn", impl.fn), ("grad", impl.grad)):
+        if value is not None and not callable(value):
+            raise InvalidArgument(f"{what}={value!r} of {impl.name!r} is not callable")
+    impl = replace(
+        impl,
+        loss=get_loss(impl.loss).name,
+        formats=tuple(get_format(fmt).name for fmt in impl.formats),
+    )
+    key = (impl.name, impl.loss)
+    if key in _REGISTRY:
+        raise InvalidArgument(
+            f"name={impl.name!r} already has an implementation of {impl.loss}; choose another name"
+        )
+    _REGISTRY[key] = impl
+    return impl
+
+
+def implementation_names() -> list[str]:
+    """The registered family names, in registration order."""
+    return list(dict.fromkeys(name for name, _ in _REGISTRY))
+
+
+def implementations(
+    names: str | Iterable[str] | None = None, losses: str | Iterable[str] | None = None
+) -> list[Implementation]:
+    """The registered implementations, in registration order, optionally only those of the
+    families ``names`` and of the ``losses`` (canonical names or aliases)."""
+    wanted_names = None if names is None else {_check_name(n) for n in _as_tuple(names)}
+    wanted_losses = None if losses is None else {get_loss(x).name for x in _as_tuple(losses)}
+    return [
+        impl
+        for impl in _REGISTRY.values()
+        if (wanted_names is None or impl.name in wanted_names)
+        and (wanted_losses is None or impl.loss in wanted_losses)
+    ]
+
+
+def get_implementation(name: str, loss: str) -> Implementation:
+    """The implementation ``name`` of ``loss``; a ``"module:function"`` name is loaded with
+    ``load_user``."""
+    if isinstance(name, str) and ":" in name:
+        return load_user(name, loss)
+    spec = get_loss(loss)
+    impl = _REGISTRY.get((_check_name(name), spec.name))
+    if impl is None:
+        has = ", ".join(other.loss for other in implementations(names=name))
+        raise InvalidArgument(
+            f"name={name!r} has no implementation of loss={spec.name!r}; it implements {has}"
+        )
+    return impl
+
+
+def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
+    """The user's callable ``spec`` (``"package.module:function"``, the function part may be
+    dotted, ``"module:Class.method"``) as an ``Implementation`` of ``loss``, not registered.
+
+    Its name is ``spec``; it has no ``grad`` (other backends are differentiated by autodiff).
+    """
+    syntax = "write it as 'package.module:function'"
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise InvalidArgument(f"spec={spec!r} is not a 'module:function' reference; {syntax}")
+    module_name, _, attr_path = (part.strip() for part in spec.partition(":"))
+    for what, part in (("module", module_name), ("function", attr_path)):
+        if not all(piece.isidentifier() for piece in part.split(".")):
+            raise InvalidArgument(f"spec={spec!r} has an invalid {what} part {part!r}; {syntax}")
+    canonical = get_loss(loss).name
+    _check_backend(backend)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"spec={spec!r}: importing module {module_name!r} failed with "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    owner = module_name
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            public = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(attr, public, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise InvalidArgument(f"spec={spec!r}: {owner!r} has no attribute {attr!r}.{hint}")
+        obj, owner = getattr(obj, attr), f"{owner}.{attr}"
+    if not callable(obj):
+        raise InvalidArgument(
+            f"spec={spec!r} names a {type(obj).__name__}, which is not callable; "
+            "give a function fn(predictions, labels, **params)"
+        )
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return Implementation(
+        name=spec,
+        loss=canonical,
+        fn=obj,
+        backend=backend,
+        library=module_name.split(".")[0],
+        description=doc.splitlines()[0] if doc else "",
+    )
+
+
+def _as_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _check_name(name: str) -> str:
+    valid = implementation_names()
+    if name in valid:
+        return name
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise InvalidArgument(
+        f"name={name!r} is not a registered implementation.{hint} Valid names: "
+        f"{', '.join(valid)}, or a 'module:function' of your own."
+    )
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(str(backend), BACKENDS, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise InvalidArgument(
+            f"backend={backend!r} is not supported.{hint} Valid backends: {', '.join(BACKENDS)}."
+        )
+
+
+# Registers the built-in naive, stable and accurate implementations of every loss.
+from stabcheck.implementations import reference as reference  # noqa: E402
