@@ -265,7 +265,8 @@ class _Runner:
         try:
             return self.conn.recv()
         except (EOFError, OSError):
-            code = self.process.exitcode if self.process else None
+            self.process.join(timeout=5)
+            code = self.process.exitcode
             self.close()
             return Outcome(status=ERROR, note=f"the process died (exit code {code})")
 

@@ -86,7 +86,7 @@ def classify(
         return status, ulps, relative
     if math.isinf(got) and math.isfinite(expected):
         return OVERFLOW, ulps, relative
-    allowed = max_ulps * max(1.0, condition if math.isfinite(condition) else 1.0)
+    allowed = max_ulps * max(1.0, float(condition) if math.isfinite(condition) else 1.0)
     if ulps <= allowed:
         return OK, ulps, relative
     return (UNDERFLOW if got == 0 else INACCURATE), ulps, relative

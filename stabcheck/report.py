@@ -251,6 +251,7 @@ def _worst_entry(row: Any, case: Case | None) -> list[str]:
         f"regime {row['regime']}",
         "",
     ]
+    lines += [f"Case `{row['case_id']}`, output `{row['index']}`.", ""]
     if row["status"] in ("error", "timeout"):
         lines += [f"{row['note']}", ""]
     else:

@@ -7,7 +7,8 @@ under a positive label, gives +inf; probabilities are used as given (no
 renormalisation); infinite logits are limits where the limit exists (the true class
 alone at +inf with the others finite costs 0; a -inf logit under a zero label
 contributes nothing and gets a zero gradient); where it does not (two +inf logits
-sharing a positive label, or every logit -inf) the answer is NaN; NaN in gives NaN out.
+sharing a positive label, or every logit -inf) the answer is NaN, and so is the gradient
+of the +inf classes, while the finite ones keep their limit -y_i; NaN in gives NaN out.
 """
 
 from __future__ import annotations
@@ -66,9 +67,11 @@ class Softmax:
                 value = NAN
             if self.Y == 0:
                 return value, zeros
-            if plus.size > 1:
-                return value, [NAN] * C
-            return value, self._rational_grads(plus)
+            grads = self._rational_grads(plus)
+            if plus.size > 1:  # how the +inf classes share the mass has no limit
+                for i in plus:
+                    grads[i] = NAN
+            return value, grads
         if self.m == -INF:  # every logit is -inf: no softmax
             return (Fraction(0), zeros) if self.Y == 0 else (NAN, [NAN] * C)
         rational = self.others.size == 0  # every finite logit tied: p = 1/n there

@@ -1,0 +1,176 @@
+"""The audit: defects found with the right status, failures isolated, runs reproducible."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from stabcheck.audit import AuditConfig, draw_cases, invoke, run_audit
+from stabcheck.case import Case
+from stabcheck.errors import InvalidArgument
+from stabcheck.implementations import get_implementation
+from stabcheck.losses import loss_names
+from stabcheck.measure import measure
+from stabcheck.oracle import evaluate
+
+USER_MODULE = textwrap.dedent(
+    """
+    import os, time
+    import numpy as np
+
+    def raises(p, z):
+        raise ValueError("boom")
+
+    def hangs(p, z):
+        time.sleep(60)
+
+    def wrong_shape(p, z):
+        return np.zeros(p.size + 1, dtype=p.dtype)
+
+    def garbage(p, z):
+        return "not an array"
+
+    def dies(p, z):
+        os._exit(3)
+
+    def keras_clipped(p, z):  # Keras-style: clip probabilities to [1e-7, 1 - 1e-7]
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        return -(z * np.log(q) + (1 - z) * np.log1p(-q))
+    """
+)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "user_losses.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_losses"
+
+
+def _status(impl: str, loss: str, predictions, labels, fmt: str = "float64") -> list[str]:
+    case = Case.build(loss, predictions, labels, format=fmt)
+    outcome = invoke(get_implementation(impl, loss), case, grad=False)
+    return [m.status for m in measure(evaluate(case), outcome.values)]
+
+
+@pytest.mark.parametrize(
+    ("loss", "predictions", "labels", "status"),
+    [
+        # exp(800) overflows inside sigmoid: log(0) = -inf where the loss is 800
+        ("sigmoid_cross_entropy_with_logits", [-800.0], [1.0], "overflow"),
+        # softmax of [1000, 0]: exp(1000) = inf, inf / inf = nan
+        ("sparse_softmax_cross_entropy_with_logits", [[1000.0, 0.0]], [0], "nan"),
+        # the loss log1p(exp(-40)) ~ 4.2e-18 becomes -log(1.0) = 0
+        ("sparse_softmax_cross_entropy_with_logits", [[0.0, -40.0]], [0], "underflow"),
+        # 1 - p rounds: log(1 - p) keeps about 6 of the 16 digits of -log1p(-1e-10)
+        ("binary_crossentropy", [1e-10], [0.0], "inaccurate"),
+    ],
+)
+def test_naive_is_flagged_with_the_status_of_its_defect(loss, predictions, labels, status):
+    assert _status("naive", loss, predictions, labels) == [status]
+
+
+def test_a_clipping_implementation_is_flagged_clipped(user_module):
+    # p = 0 under z = 1: the exact loss is +inf, the clipped one -log(1e-7) = 16.1
+    statuses = _status(f"{user_module}:keras_clipped", "binary_crossentropy", [0.0, 0.5], [1, 1])
+    assert statuses == ["clipped", "ok"]
+
+
+def test_failing_user_functions_become_rows_and_the_audit_carries_on(user_module):
+    names = ["raises", "hangs", "wrong_shape", "garbage", "dies"]
+    config = AuditConfig(
+        implementations=[f"{user_module}:{n}" for n in names] + ["accurate"],
+        losses=["binary_crossentropy"], formats=["float32"], regimes=["moderate"],
+        examples=2, timeout=1.0,
+    )  # fmt: skip
+    frame = run_audit(config).frame()
+    by_impl = {impl: group for impl, group in frame.groupby("implementation")}
+    expected = {
+        "raises": ("error", "ValueError: boom"),
+        "hangs": ("timeout", "no answer within 1 s"),
+        "wrong_shape": ("error", "shape"),
+        "garbage": ("error", "dtype <U12"),
+        "dies": ("error", "exit code 3"),
+    }
+    for name, (status, note) in expected.items():
+        rows = by_impl[f"{user_module}:{name}"]
+        assert set(rows["status"]) == {status}, name
+        assert rows["note"].str.contains(note, regex=False).all(), (name, set(rows["note"]))
+    assert (by_impl["accurate"]["status"] == "ok").all()
+
+
+ACCURATE_REGIMES = ["moderate", "saturating", "tiny", "infinite", "dominant", "offset",
+                    "soft_labels", "pos_weight"]  # fmt: skip
+
+
+def test_accurate_is_ok_in_every_format_and_regime():
+    config = AuditConfig(implementations=["accurate"], regimes=ACCURATE_REGIMES, examples=3,
+                         grad=True, seed=1)  # fmt: skip
+    frame = run_audit(config).frame()
+    assert set(frame["loss"]) == set(loss_names())
+    assert set(frame["format"]) == {"float64", "float32", "float16", "bfloat16"}
+    bad = frame[frame["status"] != "ok"]
+    assert bad.empty, bad[["loss", "format", "regime", "quantity", "status", "ulps"]]
+
+
+def test_accurate_is_ok_on_wide_rows():
+    config = AuditConfig(implementations=["accurate"], regimes=["wide"], formats=["bfloat16"],
+                         losses=["sparse_softmax_cross_entropy_with_logits"], examples=2,
+                         grad=True)  # fmt: skip
+    frame = run_audit(config).frame()
+    assert len(frame) >= 2 and (frame["status"] == "ok").all()
+
+
+def test_stable_never_gives_nan_on_finite_inputs():
+    config = AuditConfig(
+        implementations=["stable"],
+        examples=3,
+        regimes=["moderate", "saturating", "tiny", "dominant", "offset"],
+    )
+    result = run_audit(config)
+    frame = result.frame()
+    finite = frame["case_id"].map(lambda cid: bool(np.isfinite(
+        result.cases[cid].predictions.astype(np.float64)).all()))  # fmt: skip
+    assert finite.sum() > 100
+    assert not (frame[finite]["status"] == "nan").any()
+
+
+def test_cases_are_deterministic_per_seed():
+    ids = [c.id for c in draw_cases("softmax_cross_entropy_with_logits", "float32", "tiny", 5, 7)]
+    again = [c.id for c in draw_cases("softmax_cross_entropy_with_logits", "float32", "tiny", 5, 7)]
+    other = [c.id for c in draw_cases("softmax_cross_entropy_with_logits", "float32", "tiny", 5, 8)]
+    assert ids == again and len(set(ids)) == 5
+    assert ids != other
+
+
+def test_an_interrupted_audit_keeps_what_it_measured():
+    seen = []
+
+    def progress(label, number, total):
+        seen.append(label)
+        if number == 2:
+            raise KeyboardInterrupt
+
+    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
+                         formats=["float64"], examples=2)  # fmt: skip
+    result = run_audit(config, progress=progress)
+    assert result.interrupted and len(seen) == 2
+    assert set(result.frame()["regime"]) == {"moderate"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("examples", 0, "examples=0"),
+        ("timeout", -1.0, "timeout=-1.0"),
+        ("losses", ["softmax"], "not a known loss"),
+        ("formats", ["float8"], "not a known format"),
+        ("regimes", ["hughe"], "not a known regime"),
+        ("implementations", ["navie"], "navie"),
+    ],
+)
+def test_bad_configuration_is_refused_up_front(field, value, message):
+    with pytest.raises(InvalidArgument, match=message):
+        AuditConfig(**{field: value}).validated()
