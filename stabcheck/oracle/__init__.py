@@ -114,7 +114,7 @@ def decimal(case: Case, digits: int = 30) -> list[str]:
             if text is not None:
                 out.append(text)
                 break
-            if prec >= MAX_PRECISION:
+            if prec >= enclosure.MAX_PRECISION:
                 raise enclosure.PrecisionLimitReached(
                     f"{digits} digits were not certain at {prec} bits"
                 )
@@ -158,7 +158,7 @@ def _units(case: Case, grad: bool) -> Iterator[Any]:
             if spec.inputs is InputKind.PROBABILITIES:
                 yield Binary(x, z)
             else:
-                yield Weighted(x, z, 1.0 if pos_weight is None else pos_weight)
+                yield Weighted(x, z, 1.0 if pos_weight is None else pos_weight, grad)
         return
     soft = spec.labels is not LabelKind.SPARSE
     if soft:

@@ -31,8 +31,8 @@ class Weighted:
         x <  0:  L = -q z x    + c log1p(e),   dL/dx = c e / (1 + e) - q z
     """
 
-    def __init__(self, x: float, z: float, q: float = 1.0) -> None:
-        self.x, self.z, self.q = x, z, q
+    def __init__(self, x: float, z: float, q: float = 1.0, grad: bool = True) -> None:
+        self.x, self.z, self.q, self.grad = x, z, q, grad
 
     def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
         x, z, q = self.x, self.z, self.q
@@ -53,6 +53,8 @@ class Weighted:
             exact_part = E.exact_mul(qz, libmp.mpf_neg(xr))
         e = E.exp(to_mpf(-abs(x)), prec)
         value = E.add(E.point(exact_part), E.mul(c, E.log1p(e, prec), prec), prec)
+        if not self.grad:
+            return value, []
         if x == 0:
             return value, [(1 - fz) / 2 - fq * fz / 2]
         share = E.mul(c, E.div(e, E.add(E.point(E.ONE), e, prec), prec), prec)
@@ -67,8 +69,10 @@ class Weighted:
         if not math.isfinite(self.x):
             return NAN, [NAN]
         x, z, q = CTX.mpf(self.x), CTX.mpf(self.z), CTX.mpf(self.q)
-        value, grad = midpoint(value), midpoint(grads[0])
         sig, sig_neg = 1 / (1 + CTX.exp(-x)), 1 / (1 + CTX.exp(x))
+        if not grads:  # the value's condition alone: a 64-bit derivative will do
+            return ratio(x * ((1 - z) * sig - q * z * sig_neg), midpoint(value)), []
+        value, grad = midpoint(value), midpoint(grads[0])
         grad_num = abs(x) * (q * z + 1 - z) * sig * sig_neg + z * (sig + q * sig_neg)
         return ratio(x * grad, value), [ratio(grad_num, grad)]
 

@@ -117,6 +117,13 @@ def point(x: tuple) -> Interval:
     return Interval(x, x)
 
 
+def enclose(q: Fraction, prec: int) -> Interval:
+    """An exact rational operand: a point when dyadic, else its directed roundings."""
+    if q.denominator & (q.denominator - 1) == 0:
+        return point(to_raw(q))
+    return Interval(from_fraction(q, prec, DOWN), from_fraction(q, prec, UP))
+
+
 def add(a: Interval, b: Interval, prec: int) -> Interval:
     return Interval(libmp.mpf_add(a.lo, b.lo, prec, DOWN), libmp.mpf_add(a.hi, b.hi, prec, UP))
 

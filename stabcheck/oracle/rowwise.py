@@ -35,7 +35,9 @@ class Softmax:
         L = D + Y log1p(S),   D = sum_i y_i (m - x_i)   (exact, non-negative)
 
     so a loss of 1e-300 next to a logit of 1e30 stays exact, and no subtraction cancels.
-    For the classes tied with the maximum the gradient is (Y - y_i) - Y S / (1 + S).
+    For the n classes tied at the maximum, with T = sum of exp(x_i - m) over the others,
+    the gradient is (Y/n - y_i) - Y T / (n (n + T)): an exact rational part, then a
+    transcendental one.
     When every finite logit is tied the softmax is rational (1/n) and so is the gradient.
     """
 
@@ -109,23 +111,26 @@ class Softmax:
     def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
         if self.fixed_value is not None and self.fixed_grads is not None:
             return self.fixed_value, self.fixed_grads
-        x, y = self.x, self.y
+        x, y, n = self.x, self.y, self.ties.size
         m = to_mpf(self.m)
         exps = {int(i): E.exp(E.exact_sub(to_mpf(x[i]), m), prec) for i in self.others}
-        ones = [E.point(E.ONE)] * (self.ties.size - 1)
-        S = E.interval_sum([*exps.values(), *ones], prec)
+        T = E.interval_sum(list(exps.values()), prec)  # the classes below the maximum
         Yr = E.point(E.to_raw(self.Y))
         value = self.fixed_value
-        if value is None:
-            log_part = E.mul(Yr, E.log1p(S, prec), prec)
-            value = E.add(E.point(self.exact_part()), log_part, prec)
+        if value is None:  # log1p(S) with S = (n - 1) + T
+            S = E.add(E.point(libmp.from_int(n - 1)), T, prec)
+            value = E.add(E.point(self.exact_part()), E.mul(Yr, E.log1p(S, prec), prec), prec)
         if self.fixed_grads is not None:
             return value, self.fixed_grads
-        denominator = E.add(E.point(E.ONE), S, prec)
-        tail = E.mul(Yr, E.div(S, denominator, prec), prec)  # Y (1 - p_k) = Y S / (1 + S)
+        denominator = E.add(E.point(libmp.from_int(n)), T, prec)  # n + T
+        # tied classes: Y / (n + T) - y_i = (Y/n - y_i) - Y T / (n (n + T)), the exact
+        # rational part kept apart so that its zeros and halfway points stay decidable
+        tail = E.mul(Yr, E.div(T, E.mul(E.point(libmp.from_int(n)), denominator, prec), prec),
+                     prec)  # fmt: skip
         grads: list[Quantity] = [-Fraction(float(v)) for v in y]  # -inf logits: -y_i
         for i in self.ties:
-            grads[i] = E.sub(E.point(E.to_raw(self.Y - Fraction(float(y[i])))), tail, prec)
+            exact = E.enclose(self.Y / n - Fraction(float(y[i])), prec)
+            grads[i] = E.sub(exact, tail, prec)
         for i, e in exps.items():
             share = E.mul(Yr, E.div(e, denominator, prec), prec)
             grads[i] = E.sub(share, E.point(to_mpf(y[i])), prec)
