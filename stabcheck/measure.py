@@ -4,7 +4,8 @@ For each output element: ULPs in the case's format (against the correctly rounde
 value), bits of error log2(1 + ULPs), relative error |got - exact| / |exact| (against the
 exact value, not its rounding), the condition number, and a status:
 
-    ok          within tolerance: ULPs <= max_ulps * max(1, condition)
+    ok          within tolerance: ULPs <= max_ulps, or a relative error of at most
+                max_ulps * max(1, condition) * eps, eps = 2**(1 - p) of the format
     inaccurate  beyond tolerance (or a number where the exact answer is NaN)
     underflow   0 where the correctly rounded exact value is not 0, beyond tolerance
     overflow    +-inf where the correctly rounded exact value is finite
@@ -14,8 +15,10 @@ exact value, not its rounding), the condition number, and a status:
     timeout     the implementation ran past its time limit
 
 The tolerance grows with the condition number so that a backward-stable algorithm is not
-called inaccurate on an ill-conditioned input. An infinite exact value that the format
-rounds to inf (a finite loss beyond the format's range) is matched by inf.
+called inaccurate on an ill-conditioned input. It is stated as a relative error because
+ULP counts grow without bound near zero: 0 and 1e-17 are 4e18 float64 values apart. An
+exact value that the format rounds to inf (a finite loss beyond the format's range) is
+matched by inf.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ def classify(
         return status, ulps, relative
     if math.isinf(got) and math.isfinite(expected):
         return OVERFLOW, ulps, relative
-    allowed = max_ulps * max(1.0, float(condition) if math.isfinite(condition) else 1.0)
-    if ulps <= allowed:
+    kappa = float(condition) if math.isfinite(condition) else 1.0
+    if ulps <= max_ulps or relative <= max_ulps * max(1.0, kappa) * fmt.eps:
         return OK, ulps, relative
     return (UNDERFLOW if got == 0 else INACCURATE), ulps, relative
 

@@ -123,7 +123,8 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         "",
         f"Seed {config.seed}; {config.examples} cases per loss, format and regime; "
         f"{'values and gradients' if config.grad else 'values'}; tolerance "
-        f"{config.max_ulps:g} ULPs x max(1, condition number); "
+        f"{config.max_ulps:g} ULPs, or a relative error of {config.max_ulps:g} eps x max(1, "
+        f"condition number); "
         f"{info['measurements']} measurements of {info['cases']} cases in "
         f"{info['wall_time_seconds']:.0f} s. {versions}.",
     ]

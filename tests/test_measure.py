@@ -37,7 +37,8 @@ ONE_ULP = 2.0**-52  # gap above 1.0 in float64
         (mpmath.mpf("1e-400"), 0.0, 0.0, 1.0, "ok"),  # rounds to 0: 0 is right
         (mpmath.mpf(2.0**-1073), 2.0**-1073, 0.0, 1.0, "ok"),  # 2 ULPs from 0: tolerated
         (mpmath.mpf(2.0**-1070), 2.0**-1070, 0.0, 1.0, "underflow"),  # 16 ULPs from 0
-        (mpmath.mpf(2.0**-1070), 2.0**-1070, 0.0, 4.0, "ok"),  # ill-conditioned: 16 allowed
+        (mpmath.mpf(2.0**-1070), 2.0**-1070, 0.0, 2.0**50, "ok"),  # relative 1 <= 4 k eps
+        (mpmath.mpf(1e-17), 1e-17, 0.0, 2.0**52, "ok"),  # 4e18 ULPs, but kappa u covers it
         (mpmath.mpf(800), 800.0, math.inf, 1.0, "overflow"),
         (mpmath.inf, math.inf, 1e300, 1.0, "clipped"),
         (mpmath.inf, math.inf, math.inf, 1.0, "ok"),

@@ -275,10 +275,14 @@ def _round(values: Array, dtype: np.dtype) -> Array:
 
 
 def _fsum(values: list[float]) -> float:
+    """math.fsum, with inf for an overflowing sum (the sums here are of non-negative
+    terms) and NaN for inf - inf (rows with +inf logits, whose limit is set afterwards)."""
     try:
         return math.fsum(values)
-    except OverflowError:  # only non-negative sums are taken here
+    except OverflowError:
         return math.inf
+    except ValueError:
+        return math.nan
 
 
 def _row_fsum(*parts: Array) -> Array:
