@@ -5,11 +5,15 @@ so that adding a loss does not change another's cases), the oracle is evaluated 
 case, and every selected implementation runs on the same cases in a child process of its
 own, with a time limit: an implementation that raises, hangs, crashes or returns something
 unusable becomes a row with status ``error`` or ``timeout`` and the audit carries on.
+With ``search``, each implementation then gets a targeted search of its own per group
+(``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
+(origin ``search``; the drawn cases have origin ``drawn``).
 One row of the returned DataFrame is one measurement (see ``COLUMNS``).
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -32,10 +36,12 @@ from stabcheck.strategies import cases as case_strategy
 from stabcheck.strategies import get_regime, regimes_for
 
 COLUMNS = (
-    "implementation", "library", "loss", "format", "regime", "case_id", "quantity", "index",
-    "status", "ulps", "bits", "relative_error", "condition", "exact", "expected", "got", "note",
+    "implementation", "library", "loss", "format", "regime", "origin", "case_id", "quantity",
+    "index", "status", "ulps", "bits", "relative_error", "condition", "exact", "expected",
+    "got", "note",
 )  # fmt: skip
 DEFAULT_EXAMPLES = 12
+DEFAULT_SEARCH = 20
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
 
@@ -49,6 +55,7 @@ class AuditConfig:
     formats: Sequence[str] | None = None
     regimes: Sequence[str] | None = None
     examples: int = DEFAULT_EXAMPLES
+    search: int = DEFAULT_SEARCH
     seed: int = 0
     grad: bool = False
     timeout: float = DEFAULT_TIMEOUT
@@ -62,6 +69,8 @@ class AuditConfig:
             or (self.examples < 1)
         ):
             raise InvalidArgument(f"examples={self.examples!r} must be a positive integer")
+        if isinstance(self.search, bool) or not isinstance(self.search, int) or self.search < 0:
+            raise InvalidArgument(f"search={self.search!r} must be a non-negative integer")
         if not self.timeout > 0:
             raise InvalidArgument(f"timeout={self.timeout!r} must be a positive number of seconds")
         if not self.max_ulps >= 0:
@@ -123,6 +132,48 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
     return list(drawn.values())[:examples]
 
 
+def search_worst(
+    impl: Implementation, runner: _Runner, group: tuple[str, str, str], config: AuditConfig
+) -> tuple[Case, list[dict[str, Any]]] | None:
+    """The case of ``group`` with the most bits of error that ``config.search`` targeted
+    examples find for ``impl`` (hard failures score above any finite error)."""
+    from hypothesis import HealthCheck, Phase, assume, given, settings, target
+    from hypothesis import seed as fixed_seed
+
+    loss, fmt, regime = group
+    best: list[Any] = [-1.0, None, None]
+
+    @fixed_seed(group_seed(config.seed, loss, fmt, regime) ^ zlib.crc32(impl.name.encode()))
+    @settings(
+        max_examples=config.search,
+        database=None,
+        phases=[Phase.generate, Phase.target],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case_strategy(loss, fmt, regime))
+    def probe(case: Case) -> None:
+        try:
+            exact = evaluate(case, grad=config.grad)
+        except PrecisionLimitReached:
+            assume(False)
+        outcome = runner.call(impl, case, config.grad)
+        rows = list(_rows(impl, case, exact, outcome, config, "search"))
+        score = max(_score(row) for row in rows)
+        target(score, label="bits of error")
+        if score > best[0]:
+            best[:] = [score, case, rows]
+
+    probe()
+    return None if best[1] is None else (best[1], best[2])
+
+
+def _score(row: dict[str, Any]) -> float:
+    """Bits of error, with the statuses that carry none (nan, error, ...) scored above."""
+    bits = row.get("bits", math.inf)
+    return 64.0 * SEVERITY[row["status"]] + (min(bits, 63.0) if math.isfinite(bits) else 63.0)
+
+
 def run_audit(
     config: AuditConfig,
     progress: Callable[[str, int, int], None] | None = None,
@@ -156,7 +207,15 @@ def run_audit(
                 for impl in impls:
                     runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
                     outcome = runner.call(impl, case, config.grad)
-                    result.rows.extend(_rows(impl, case, exact, outcome, config))
+                    result.rows.extend(_rows(impl, case, exact, outcome, config, "drawn"))
+            if config.search and regime != "wide":
+                for impl in impls:
+                    runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
+                    found = search_worst(impl, runner, (loss, fmt, regime), config)
+                    if found is not None:
+                        case, rows = found
+                        result.cases[case.id] = case
+                        result.rows.extend(rows)
             if checkpoint:
                 checkpoint(result)
     except KeyboardInterrupt:
@@ -314,7 +373,12 @@ def _protected(impl: Implementation, case: Case, grad: bool) -> Outcome:
 
 
 def _rows(
-    impl: Implementation, case: Case, exact: OracleResult, outcome: Outcome, config: AuditConfig
+    impl: Implementation,
+    case: Case,
+    exact: OracleResult,
+    outcome: Outcome,
+    config: AuditConfig,
+    origin: str,
 ) -> Iterable[dict[str, Any]]:
     base = {
         "implementation": impl.name,
@@ -322,6 +386,7 @@ def _rows(
         "loss": case.loss.name,
         "format": case.format.name,
         "regime": case.regime,
+        "origin": origin,
         "case_id": case.id,
     }
     quantities = ["value", "gradient"] if config.grad and impl.grad is not None else ["value"]

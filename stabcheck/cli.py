@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--examples", type=int, default=None, help="cases per loss, format and regime (default 12)"
     )
+    audit.add_argument(
+        "--search",
+        type=int,
+        default=None,
+        help="targeted examples per implementation, loss, format and regime, "
+        "steered by hypothesis.target toward more bits of error (default 20; "
+        "0 turns the search off)",
+    )
     audit.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     audit.add_argument("--grad", action="store_true", help="also measure gradients")
     audit.add_argument(
@@ -246,7 +254,8 @@ def _audit(args: argparse.Namespace) -> int:
 
     given = {
         "implementations": args.impl, "losses": args.loss, "formats": args.format,
-        "regimes": args.regime, "examples": args.examples, "timeout": args.timeout,
+        "regimes": args.regime, "examples": args.examples, "search": args.search,
+        "timeout": args.timeout,
         "max_ulps": args.max_ulps,
     }  # fmt: skip
     config = AuditConfig(

@@ -83,7 +83,7 @@ def test_failing_user_functions_become_rows_and_the_audit_carries_on(user_module
     config = AuditConfig(
         implementations=[f"{user_module}:{n}" for n in names] + ["accurate"],
         losses=["binary_crossentropy"], formats=["float32"], regimes=["moderate"],
-        examples=2, timeout=1.0,
+        examples=2, search=0, timeout=1.0,
     )  # fmt: skip
     frame = run_audit(config).frame()
     by_impl = {impl: group for impl, group in frame.groupby("implementation")}
@@ -107,7 +107,7 @@ ACCURATE_REGIMES = ["moderate", "saturating", "tiny", "infinite", "dominant", "o
 
 def test_accurate_is_ok_in_every_format_and_regime():
     config = AuditConfig(implementations=["accurate"], regimes=ACCURATE_REGIMES, examples=3,
-                         grad=True, seed=1)  # fmt: skip
+                         search=4, grad=True, seed=1)  # fmt: skip
     frame = run_audit(config).frame()
     assert set(frame["loss"]) == set(loss_names())
     assert set(frame["format"]) == {"float64", "float32", "float16", "bfloat16"}
@@ -118,7 +118,7 @@ def test_accurate_is_ok_in_every_format_and_regime():
 def test_accurate_is_ok_on_wide_rows():
     config = AuditConfig(implementations=["accurate"], regimes=["wide"], formats=["bfloat16"],
                          losses=["sparse_softmax_cross_entropy_with_logits"], examples=2,
-                         grad=True)  # fmt: skip
+                         search=0, grad=True)  # fmt: skip
     frame = run_audit(config).frame()
     assert len(frame) >= 2 and (frame["status"] == "ok").all()
 
@@ -135,6 +135,21 @@ def test_stable_never_gives_nan_on_finite_inputs():
         result.cases[cid].predictions.astype(np.float64)).all()))  # fmt: skip
     assert finite.sum() > 100
     assert not (frame[finite]["status"] == "nan").any()
+
+
+def test_targeted_search_adds_the_worst_case_it_finds():
+    config = AuditConfig(implementations=["stable"], losses=["sigmoid_cross_entropy_with_logits"],
+                         formats=["float16"], regimes=["moderate", "saturating"], examples=2,
+                         search=10)  # fmt: skip
+    result = run_audit(config)
+    frame = result.frame()
+    searched = frame[frame["origin"] == "search"]
+    assert set(searched["regime"]) == {"moderate", "saturating"}
+    assert set(searched["case_id"]) <= set(result.cases)
+    # the search keeps its best: never below the best of its own first example
+    assert searched["bits"].max() >= frame[frame["origin"] == "drawn"]["bits"].min()
+    again = run_audit(config).frame()
+    assert list(again["case_id"]) == list(frame["case_id"])  # deterministic per seed
 
 
 def test_cases_are_deterministic_per_seed():
@@ -154,7 +169,7 @@ def test_an_interrupted_audit_keeps_what_it_measured():
             raise KeyboardInterrupt
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], examples=2)  # fmt: skip
+                         formats=["float64"], examples=2, search=0)  # fmt: skip
     result = run_audit(config, progress=progress)
     assert result.interrupted and len(seen) == 2
     assert set(result.frame()["regime"]) == {"moderate"}

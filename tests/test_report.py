@@ -20,7 +20,7 @@ def audited():
         implementations=["naive", "accurate"],
         losses=["sigmoid_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits"],
         formats=["float32", "float16"], regimes=["moderate", "saturating", "dominant"],
-        examples=3, grad=True, seed=3,
+        examples=3, search=5, grad=True, seed=3,
     )  # fmt: skip
     return config, run_audit(config)
 
@@ -92,6 +92,7 @@ def test_cli_audit_writes_the_report_and_refuses_bad_names(tmp_path, capsys):
     out = tmp_path / "report"
     status = main(["audit", "--impl", "accurate", "--loss", "binary_crossentropy",
                    "--format", "float64", "--regime", "moderate", "--examples", "2",
+                   "--search", "0",
                    "--out", str(out)])  # fmt: skip
     assert status == 0 and (out / "summary.md").exists()
     assert "measurements of" in capsys.readouterr().err
