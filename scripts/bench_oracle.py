@@ -5,8 +5,10 @@ units that needed more than the first working precision.
     .venv/bin/python scripts/bench_oracle.py [--repeats 5] [--out benchmarks/oracle.md]
 
 Inputs are seeded: moderate logits (normal, sigma 3) with integer labels for the softmax
-losses, and random probabilities/targets for the elementwise ones. Timings are medians
-over the repeats; the machine and library versions are written beside them.
+losses; a dominant variant whose true class leads by 20 to 800 (the loss underflows); a
+near-optimum variant whose soft labels are the softmax itself, rounded (the gradient
+cancels to a few ULPs of the labels); random probabilities and targets for the
+elementwise ones. Timings are medians over the repeats; versions are written beside them.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ SETUPS = [
     ("softmax_cross_entropy_with_logits", 200, 10, True),
     ("sparse_softmax_cross_entropy_with_logits", 2, 50_000, False),
     ("sparse_softmax_cross_entropy_with_logits", 2, 50_000, True),
+    ("dominant sparse_softmax_cross_entropy_with_logits", 200, 10, True),
+    ("near-optimum softmax_cross_entropy_with_logits", 200, 10, True),
     ("sigmoid_cross_entropy_with_logits", 2000, 1, True),
     ("binary_crossentropy", 2000, 1, True),
 ]
 
 
 def make_case(loss: str, rows: int, classes: int, fmt: str, rng: np.random.Generator) -> Case:
+    if loss.startswith("dominant "):  # the true class 20 to 800 ahead: the loss underflows
+        logits = rng.normal(0, 3, (rows, classes))
+        logits[:, 0] = logits.max(axis=1) + rng.uniform(20, 800, rows)
+        return Case.build(loss.split()[1], logits, np.zeros(rows, dtype=int), format=fmt)
+    if loss.startswith("near-optimum "):  # labels = softmax(logits): a vanishing gradient
+        logits = rng.normal(0, 3, (rows, classes))
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return Case.build(loss.split()[1], logits, e / e.sum(axis=1, keepdims=True), format=fmt)
     if loss == "binary_crossentropy":
         return Case.build(loss, rng.uniform(0, 1, rows), rng.uniform(0, 1, rows), format=fmt)
     if loss == "sigmoid_cross_entropy_with_logits":
