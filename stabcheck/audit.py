@@ -28,7 +28,12 @@ import numpy as np
 from stabcheck.case import Case
 from stabcheck.errors import InvalidArgument, PrecisionLimitReached
 from stabcheck.formats import format_names, get_format
-from stabcheck.implementations import Implementation, get_implementation, implementations
+from stabcheck.implementations import (
+    Implementation,
+    backends,
+    get_implementation,
+    implementations,
+)
 from stabcheck.losses import get_loss, loss_names
 from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, SEVERITY, TIMEOUT, Measurement, measure
 from stabcheck.oracle import OracleResult, evaluate
@@ -266,41 +271,26 @@ class Outcome:
 
 def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
     """Call ``impl`` on ``case`` in this process and check what comes back."""
-    if impl.backend != "numpy":
-        raise InvalidArgument(
-            f"backend={impl.backend!r} of {impl.name!r} is not supported by this version; "
-            "numpy implementations only"
-        )
-    notes = []
-    values = _checked(
-        "returned", impl.fn(*_inputs(case), **case.params), case.output_shape, case, notes
-    )
+    returned = backends.call(impl.backend, impl.fn, impl.grad, case, grad)
+    notes: list[str] = []
+    values = _checked("returned", returned.values, returned.values_dtype, case.output_shape,
+                      case, notes)  # fmt: skip
     gradient = None
-    if grad and impl.grad is not None:
-        raw = impl.grad(*_inputs(case), **case.params)
-        gradient = _checked("gradient", raw, case.predictions.shape, case, notes)
+    if returned.gradient is not None:
+        gradient = _checked("gradient", returned.gradient, returned.gradient_dtype,
+                            case.predictions.shape, case, notes)  # fmt: skip
     return Outcome(values, gradient, note="; ".join(notes))
 
 
-def _inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    return case.predictions.copy(), case.labels.copy()
-
-
 def _checked(
-    what: str, out: Any, shape: tuple[int, ...], case: Case, notes: list[str]
-) -> np.ndarray:
-    try:
-        array = np.asarray(out)
-    except Exception as exc:  # garbage of any kind is a finding
-        raise TypeError(f"{what} {type(out).__name__}, not an array: {exc}") from None
-    known = {get_format(f).dtype for f in format_names()}
-    if array.dtype.kind != "f" and array.dtype not in known:
-        raise TypeError(f"{what} dtype {array.dtype} (a {type(out).__name__}); expected floats")
+    what: str, array: np.ndarray, dtype: str | None, shape: tuple[int, ...], case: Case,
+    notes: list[str],
+) -> np.ndarray:  # fmt: skip
     if array.shape != shape:
         raise TypeError(f"{what} shape {array.shape}; expected {shape}")
-    if array.dtype != case.format.dtype:
-        notes.append(f"{what} {array.dtype} for {case.format.name} input")
-    return array.astype(np.float64)
+    if dtype != case.format.name:
+        notes.append(f"{what} {dtype} for {case.format.name} input")
+    return array
 
 
 class _Runner:

@@ -39,6 +39,14 @@ class Implementation:
     formats: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
     library: str = "stabcheck"
     description: str = ""
+    requires: tuple[str, ...] = ()  # modules it imports when called, e.g. ("torch",)
+
+    @property
+    def available(self) -> bool:
+        """Whether every module it requires is installed (found without importing it)."""
+        from stabcheck.implementations.backends import installed
+
+        return all(installed(module) for module in self.requires)
 
 
 _REGISTRY: dict[tuple[str, str], Implementation] = {}
