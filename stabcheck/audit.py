@@ -385,12 +385,17 @@ def _rows(
             yield {**base, "quantity": quantity, "index": "", "status": outcome.status,
                    "note": outcome.note}  # fmt: skip
         return
+
+    def note(m: Measurement) -> str:
+        documented = impl.documented.get(m.status)
+        return "; ".join(filter(None, [outcome.note, documented and f"documented: {documented}"]))
+
     for m in measure(exact, outcome.values, max_ulps=config.max_ulps):
-        yield {**base, **_columns(m), "quantity": "value", "note": outcome.note}
+        yield {**base, **_columns(m), "quantity": "value", "note": note(m)}
     if outcome.gradient is not None:
         measured = measure(exact, outcome.gradient, gradient=True, max_ulps=config.max_ulps)
         for m in _worst_per_unit(measured, case):
-            yield {**base, **_columns(m), "quantity": "gradient", "note": outcome.note}
+            yield {**base, **_columns(m), "quantity": "gradient", "note": note(m)}
 
 
 def _worst_per_unit(rows: list[Measurement], case: Case) -> list[Measurement]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stabcheck.errors import InvalidArgument
@@ -40,6 +40,9 @@ class Implementation:
     library: str = "stabcheck"
     description: str = ""
     requires: tuple[str, ...] = ()  # modules it imports when called, e.g. ("torch",)
+    # statuses that are documented behaviour, with the documentation's words, e.g.
+    # {"clipped": "clamps log(p) at -100, as documented"}: reported as such, not as bugs
+    documented: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
