@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from stabcheck.case import Case
-from stabcheck.errors import InvalidArgument, PrecisionLimitReached
+from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached
 from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import (
     Implementation,
@@ -88,7 +88,9 @@ class AuditConfig:
             get_regime(regime)
         for name in self.implementations or ():
             if ":" not in name:
-                implementations(names=name)
+                for impl in implementations(names=name):
+                    if not impl.available:
+                        raise AdapterUnavailable(f"implementation {name!r}: {_install_hint(impl)}")
         return self
 
 
@@ -101,6 +103,9 @@ class AuditResult:
     oracle_failures: list[str] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    implementations: dict[str, Implementation] = field(default_factory=dict)  # one per name
+    unsupported: dict[str, list[str]] = field(default_factory=dict)  # name -> formats
+    unavailable: dict[str, str] = field(default_factory=dict)  # name -> how to install
 
     def frame(self) -> Any:
         """The measurements as a pandas DataFrame with the columns ``COLUMNS``."""
@@ -196,7 +201,7 @@ def run_audit(
     runners: dict[str, _Runner] = {}
     try:
         for number, (loss, fmt, regime) in enumerate(groups, 1):
-            impls = _implementations(config, loss, fmt)
+            impls = _implementations(config, loss, fmt, result)
             if not impls:
                 continue
             examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
@@ -243,7 +248,11 @@ def _groups(config: AuditConfig) -> Iterator[tuple[str, str, str]]:
                     yield loss, fmt, regime
 
 
-def _implementations(config: AuditConfig, loss: str, fmt: str) -> list[Implementation]:
+def _implementations(
+    config: AuditConfig, loss: str, fmt: str, result: AuditResult
+) -> list[Implementation]:
+    """The implementations of ``loss`` to run in ``fmt``; those that are not installed
+    (when not asked for by name) or do not support ``fmt`` are noted in ``result``."""
     if config.implementations is None:
         found = implementations(losses=loss)
     else:
@@ -253,7 +262,24 @@ def _implementations(config: AuditConfig, loss: str, fmt: str) -> list[Implement
                 found.append(get_implementation(name, loss))
             else:
                 found.extend(implementations(names=name, losses=loss))
-    return [impl for impl in found if fmt in impl.formats]
+    chosen = []
+    for impl in found:
+        if not impl.available:
+            result.unavailable[impl.name] = _install_hint(impl)
+        elif fmt not in impl.formats:
+            formats = result.unsupported.setdefault(impl.name, [])
+            if fmt not in formats:
+                formats.append(fmt)
+        else:
+            result.implementations.setdefault(impl.name, impl)
+            chosen.append(impl)
+    return chosen
+
+
+def _install_hint(impl: Implementation) -> str:
+    missing = [m for m in impl.requires if not backends.installed(m)]
+    extras = sorted({backends.EXTRAS.get(m, m) for m in missing})
+    return f"{', '.join(missing)} not installed: pip install 'stabcheck[{','.join(extras)}]'"
 
 
 # -- running an implementation ------------------------------------------------------------

@@ -93,6 +93,7 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
     import stabcheck
 
     frame = result.frame()
+    libraries = sorted({impl.library for impl in result.implementations.values()})
     return {
         "seed": config.seed,
         "config": asdict(config),
@@ -101,6 +102,9 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "measurements": len(frame),
         "cases": len(result.cases),
         "oracle_failures": result.oracle_failures,
+        "unsupported_formats": result.unsupported,
+        "unavailable": result.unavailable,
+        "libraries": {name: _version(name) for name in libraries},
         "versions": {
             "stabcheck": stabcheck.__version__,
             "python": platform.python_version(),
@@ -112,6 +116,18 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
             "platform": platform.platform(),
         },
     }
+
+
+def _version(distribution: str) -> str:
+    from importlib import metadata
+
+    names = {"sklearn": "scikit-learn", "tensorflow": "tensorflow-cpu"}
+    for name in (distribution, names.get(distribution, distribution), "tensorflow"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> str:
@@ -138,13 +154,25 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
               "Worst status and largest ULPs (over all losses, regimes, values and gradients).",
               ""]  # fmt: skip
     formats = [f for f in format_names() if f in set(frame["format"])]
+    formats = [f for f in format_names() if f in set(config.formats or format_names())]
     lines += _table(
         ["implementation", *formats],
         [
-            [impl, *(_glance(group[group["format"] == f]) for f in formats)]
+            [impl, *(_glance(group[group["format"] == f], result.unsupported.get(impl, []), f,
+                             result.implementations.get(impl)) for f in formats)]
             for impl, group in frame.groupby("implementation", sort=False)
         ],
-    )
+    )  # fmt: skip
+    if result.unavailable:
+        lines += [
+            "",
+            "Not installed, so not audited: "
+            + "; ".join(f"{k} ({v})" for k, v in result.unavailable.items())
+            + ".",
+        ]
+    lines += ["", "## Findings", ""]
+    lines += [_finding(impl, group, result) for impl, group in
+              frame.groupby("implementation", sort=False)]  # fmt: skip
     lines += ["", "## Hard failures and losses of accuracy", "",
               "Hard failures (nan, overflow, clipped, error, timeout) break training; losses "
               "of accuracy (inaccurate, underflow) cost bits.", ""]  # fmt: skip
@@ -177,12 +205,37 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
     return "\n".join([*lines, ""])
 
 
-def _glance(group: Any) -> str:
+def _glance(group: Any, unsupported: list[str], fmt: str, impl: Any) -> str:
+    if fmt in unsupported:
+        return "unsupported"
     if group.empty:
         return "-"
     status = max(group["status"], key=SEVERITY.__getitem__)
+    if impl is not None and status in impl.documented:
+        status += " (documented)"
     finite = [u for u in group["ulps"].dropna() if math.isfinite(u)]
     return f"{status}, {_num(max(finite))} ULPs" if finite else status
+
+
+def _finding(name: str, group: Any, result: AuditResult) -> str:
+    """One line on what an implementation got wrong, where, and how badly."""
+    impl = result.implementations.get(name)
+    finite = [u for u in group["ulps"].dropna() if math.isfinite(u)]
+    largest = f"{_num(max(finite))} ULPs" if finite else "no finite error"
+    bad = group[group["status"] != "ok"]
+    if bad.empty:
+        return f"- **{name}**: every one of {len(group)} measurements ok (largest {largest})."
+    parts = []
+    for status in sorted(set(bad["status"]), key=SEVERITY.__getitem__, reverse=True):
+        rows = bad[bad["status"] == status]
+        where = ", ".join(dict.fromkeys(rows["regime"]))
+        formats = ", ".join(f for f in format_names() if f in set(rows["format"]))
+        quantities = " and ".join(dict.fromkeys(rows["quantity"]))
+        text = f"{status} {len(rows)}x ({quantities}; {formats}; {where})"
+        if impl is not None and status in impl.documented:
+            text += f" - documented: {impl.documented[status]}"
+        parts.append(text)
+    return f"- **{name}**: " + "; ".join(parts) + f". Largest error {largest}."
 
 
 def _kinds(statuses: Any) -> str:
