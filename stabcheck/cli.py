@@ -164,6 +164,7 @@ def _list(args: argparse.Namespace) -> int:
             "description": found[0].description,
             "losses": [i.loss for i in found],
             "formats": list(found[0].formats),
+            "available": found[0].available,
         }
         for name in implementation_names()
         for found in [implementations(names=name)]
@@ -195,8 +196,11 @@ def _list(args: argparse.Namespace) -> int:
     for regime in regimes:
         print(f"  {regime['name']:<12} {regime['description']}")
     print("Implementations (also any module:function):")
+    width = max((len(impl["name"]) for impl in impls), default=0)
     for impl in impls:
-        print(f"  {impl['name']:<12} {impl['library']}: {impl['description']}")
+        state = "" if impl["available"] else " [not installed]"
+        print(f"  {impl['name']:<{width}} {impl['library']}{state}: {impl['description']}")
+        print(f"  {'':<{width}} {', '.join(impl['formats'])}; {', '.join(impl['losses'])}")
     return 0
 
 
