@@ -151,7 +151,9 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
     if frame.empty:
         return "\n".join([*lines, "", "No measurements.", ""])
     lines += ["", "## At a glance", "",
-              "Worst status and largest ULPs (over all losses, regimes, values and gradients).",
+              "Worst status over all losses, regimes, values and gradients, and the largest "
+              "ULPs among the measurements with that status. Results that are ok only "
+              "because the input is ill-conditioned are counted apart.",
               ""]  # fmt: skip
     formats = [f for f in format_names() if f in set(frame["format"])]
     formats = [f for f in format_names() if f in set(config.formats or format_names())]
@@ -159,7 +161,8 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         ["implementation", *formats],
         [
             [impl, *(_glance(group[group["format"] == f], result.unsupported.get(impl, []), f,
-                             result.implementations.get(impl)) for f in formats)]
+                             result.implementations.get(impl), config.max_ulps)
+                     for f in formats)]
             for impl, group in frame.groupby("implementation", sort=False)
         ],
     )  # fmt: skip
@@ -205,16 +208,27 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
     return "\n".join([*lines, ""])
 
 
-def _glance(group: Any, unsupported: list[str], fmt: str, impl: Any) -> str:
+def _glance(group: Any, unsupported: list[str], fmt: str, impl: Any, max_ulps: float) -> str:
+    """Worst status and the largest ULPs among the rows that have it; for ok, also how
+    far the condition number stretched the tolerance."""
     if fmt in unsupported:
         return "unsupported"
     if group.empty:
         return "-"
     status = max(group["status"], key=SEVERITY.__getitem__)
-    if impl is not None and status in impl.documented:
-        status += " (documented)"
-    finite = [u for u in group["ulps"].dropna() if math.isfinite(u)]
-    return f"{status}, {_num(max(finite))} ULPs" if finite else status
+    rows = group[group["status"] == status]
+    finite = [u for u in rows["ulps"].dropna() if math.isfinite(u)]
+    text = status + (" (documented)" if impl is not None and status in impl.documented else "")
+    if not finite:
+        return text
+    if status != "ok":
+        return f"{text}, {_num(max(finite))} ULPs"
+    plain = [u for u in finite if u <= max_ulps]
+    stretched = [u for u in finite if u > max_ulps]
+    text = f"ok, {_num(max(plain, default=0))} ULPs"
+    if stretched:
+        text += f" ({len(stretched)} ill-conditioned up to {_num(max(stretched))})"
+    return text
 
 
 def _finding(name: str, group: Any, result: AuditResult) -> str:
