@@ -406,22 +406,23 @@ def _rows(
         "case_id": case.id,
     }
     quantities = ["value", "gradient"] if config.grad and impl.grad is not None else ["value"]
+
+    def note(status: str) -> str:
+        documented = impl.documented.get(status)
+        return "; ".join(filter(None, [outcome.note, documented and f"documented: {documented}"]))
+
     if outcome.values is None:
         for quantity in quantities:
             yield {**base, "quantity": quantity, "index": "", "status": outcome.status,
-                   "note": outcome.note}  # fmt: skip
+                   "note": note(outcome.status)}  # fmt: skip
         return
 
-    def note(m: Measurement) -> str:
-        documented = impl.documented.get(m.status)
-        return "; ".join(filter(None, [outcome.note, documented and f"documented: {documented}"]))
-
     for m in measure(exact, outcome.values, max_ulps=config.max_ulps):
-        yield {**base, **_columns(m), "quantity": "value", "note": note(m)}
+        yield {**base, **_columns(m), "quantity": "value", "note": note(m.status)}
     if outcome.gradient is not None:
         measured = measure(exact, outcome.gradient, gradient=True, max_ulps=config.max_ulps)
         for m in _worst_per_unit(measured, case):
-            yield {**base, **_columns(m), "quantity": "gradient", "note": note(m)}
+            yield {**base, **_columns(m), "quantity": "gradient", "note": note(m.status)}
 
 
 def _worst_per_unit(rows: list[Measurement], case: Case) -> list[Measurement]:

@@ -185,5 +185,8 @@ def _check_backend(backend: str) -> None:
         )
 
 
-# Registers the built-in naive, stable and accurate implementations of every loss.
+# Registers the built-in naive, stable and accurate implementations of every loss, then the
+# third-party adapters (each imports its library only when called).
 from stabcheck.implementations import reference as reference  # noqa: E402
+from stabcheck.implementations import scipy as scipy  # noqa: E402
+from stabcheck.implementations import sklearn as sklearn  # noqa: E402

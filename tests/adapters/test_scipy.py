@@ -1,0 +1,152 @@
+"""The scipy.special compositions: registered lazily, a few ULPs from the oracle on ordinary
+inputs in every format, and the dtypes and 0 * -inf behaviour their docstring states."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy.special")
+
+import stabcheck.implementations.scipy  # noqa: F401  (registers the scipy families)
+from stabcheck.audit import invoke
+from stabcheck.case import Case
+from stabcheck.errors import AdapterUnavailable
+from stabcheck.implementations import get_implementation, implementations
+from stabcheck.losses import InputKind, LabelKind, get_loss
+from stabcheck.measure import measure
+from stabcheck.oracle import evaluate
+
+FORMATS = ("float64", "float32", "float16", "bfloat16")
+SOFTMAX = "softmax_cross_entropy_with_logits"
+SPARSE_SOFTMAX = "sparse_softmax_cross_entropy_with_logits"
+LOSSES = {
+    "scipy.log_softmax": (SOFTMAX, SPARSE_SOFTMAX),
+    "scipy.logsumexp": (SOFTMAX, SPARSE_SOFTMAX),
+    "scipy.xlogy": (
+        "binary_crossentropy",
+        "categorical_crossentropy",
+        "sparse_categorical_crossentropy",
+    ),
+    "scipy.log_expit": (
+        "sigmoid_cross_entropy_with_logits",
+        "weighted_cross_entropy_with_logits",
+    ),
+}
+PAIRS = [(name, loss) for name, losses in LOSSES.items() for loss in losses]
+# the dtype returned for float16 and bfloat16 inputs, as the module docstring says
+NARROW_DTYPES = {
+    "scipy.log_softmax": ("float16", "bfloat16"),
+    "scipy.logsumexp": ("float16", "float64"),
+    "scipy.xlogy": ("float64", "float64"),
+    "scipy.log_expit": ("float64", "float64"),
+}
+NAN = float("nan")
+
+
+def ordinary(loss: str, fmt: str, rows: int = 12, classes: int = 4) -> Case:
+    """Logits in [-1, 1], probabilities in [0.05, 0.95], soft labels with zeros."""
+    spec = get_loss(loss)
+    rng = np.random.default_rng(sum(map(ord, loss + fmt)))
+    low, high = (0.05, 0.95) if spec.inputs is InputKind.PROBABILITIES else (-1.0, 1.0)
+    x = rng.uniform(low, high, (rows, classes))
+    if spec.labels is LabelKind.SPARSE:
+        labels = rng.integers(0, classes, rows)
+    else:
+        soft = rng.uniform(0, 1, x.shape)
+        labels = np.where(rng.uniform(size=x.shape) < 0.3, 0.0, soft)
+    params = {"pos_weight": 2.5} if spec.params else {}
+    return Case.build(loss, x, labels, format=fmt, **params)
+
+
+def test_the_families_are_registered_as_numpy_implementations_without_gradients():
+    registered = {(impl.name, impl.loss): impl for impl in implementations(names=list(LOSSES))}
+    assert sorted(registered) == sorted(PAIRS)
+    for impl in registered.values():
+        assert (impl.backend, impl.library, impl.requires) == ("numpy", "scipy", ("scipy",))
+        assert impl.grad is None and impl.available and impl.description
+        assert impl.formats == FORMATS
+
+
+def test_importing_the_module_does_not_import_scipy():
+    code = (
+        "import sys, stabcheck.implementations.scipy as m\n"
+        "assert m.log_softmax_softmax\n"
+        "print([name for name in ('scipy', 'scipy.special') if name in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("name", "loss"), PAIRS)
+def test_ordinary_inputs_agree_with_the_oracle(name, loss, fmt):
+    case = ordinary(loss, fmt)
+    outcome = invoke(get_implementation(name, loss), case, grad=False)
+    rows = measure(evaluate(case), outcome.values)
+    worst = max(rows, key=lambda m: m.ulps)
+    assert {m.status for m in rows} == {"ok"}, worst
+    # 1 - p rounded before the log costs the binary form up to 8 ULPs at p = 0.05
+    assert worst.ulps <= 8, worst
+
+
+@pytest.mark.parametrize(("name", "loss"), PAIRS)
+def test_narrow_formats_come_back_in_the_dtype_the_docstring_states(name, loss):
+    for fmt, want in zip(("float16", "bfloat16"), NARROW_DTYPES[name], strict=True):
+        if loss == "sparse_categorical_crossentropy":
+            want = fmt  # -log(p[k]) is numpy's log, in the input dtype
+        case = ordinary(loss, fmt, rows=2, classes=3)
+        impl = get_implementation(name, loss)
+        got = impl.fn(case.predictions.copy(), case.labels.copy(), **case.params)
+        assert got.dtype.name == want, (fmt, got.dtype)
+        assert np.isfinite(got.astype(np.float64)).all()
+
+
+def test_scipy_keeps_bfloat16_out_of_its_float32_loops():
+    """The fact the narrow dtypes rest on: numpy gives float16 and bfloat16 to the float64
+    loop of scipy's ufuncs, and logsumexp promotes bfloat16 to float64."""
+    import scipy.special as sp
+
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        x = np.array([0.5, 0.25], dtype=dtype)
+        assert sp.xlogy(x, x).dtype == np.float64
+        assert sp.log_expit(x).dtype == np.float64
+        assert sp.log_softmax(x).dtype == dtype
+    assert sp.logsumexp(np.array([0.5, 0.25], dtype=np.float16)).dtype == np.float16
+    assert sp.logsumexp(np.array([0.5, 0.25], dtype=ml_dtypes.bfloat16)).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "predictions", "labels", "want"),
+    [
+        # xlogy(0, 0) = 0: a zero target under p = 0, and 1 - z = 0 under p = 1
+        ("scipy.xlogy", "binary_crossentropy", [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]),
+        ("scipy.xlogy", "categorical_crossentropy", [[0.0, 1.0]], [[0.0, 1.0]], [0.0]),
+        # the other blocks have no such guard: 0 * -inf = NaN
+        ("scipy.log_softmax", SOFTMAX, [[-np.inf, 0.0]], [[0.0, 1.0]], [NAN]),
+        ("scipy.logsumexp", SOFTMAX, [[-np.inf, 0.0]], [[0.0, 1.0]], [NAN]),
+        ("scipy.log_softmax", SPARSE_SOFTMAX, [[np.inf, 0.0]], [0], [NAN]),  # inf - inf
+        (
+            "scipy.log_expit",
+            "sigmoid_cross_entropy_with_logits",
+            [np.inf, -np.inf, 800.0],
+            [1.0, 0.0, 1.0],
+            [NAN, NAN, 0.0],
+        ),
+    ],
+)
+def test_zero_times_an_infinite_log_as_the_docstring_states(name, loss, predictions, labels, want):
+    case = Case.build(loss, predictions, labels)
+    got = invoke(get_implementation(name, loss), case, grad=False).values
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_missing_scipy_is_reported_with_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.special", None)
+    impl = get_implementation("scipy.logsumexp", SOFTMAX)
+    with pytest.raises(AdapterUnavailable, match=r"pip install 'stabcheck\[scipy\]'"):
+        impl.fn(np.zeros((1, 2)), np.array([[1.0, 0.0]]))
