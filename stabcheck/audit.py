@@ -364,6 +364,8 @@ class _Runner:
 
 
 def _serve(conn: Any) -> None:
+    if "torch" in sys.modules:  # a thread pool started before the fork would hang the child
+        sys.modules["torch"].set_num_threads(1)
     while True:
         try:
             loss, name, case, grad = conn.recv()

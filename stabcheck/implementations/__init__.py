@@ -190,3 +190,4 @@ def _check_backend(backend: str) -> None:
 from stabcheck.implementations import reference as reference  # noqa: E402
 from stabcheck.implementations import scipy as scipy  # noqa: E402
 from stabcheck.implementations import sklearn as sklearn  # noqa: E402
+from stabcheck.implementations import torch as torch  # noqa: E402

@@ -38,11 +38,19 @@ from stabcheck.implementations.backends import require
 FORMATS = ("float64", "float32", "float16", "bfloat16")
 LIBRARY = "torch"
 
-# The PyTorch documentation of torch.nn.BCELoss (which F.binary_cross_entropy computes).
+# Documented for torch.nn.BCELoss, which F.binary_cross_entropy computes. Measured on torch
+# 2.13.0: the loss is -(z max(log p, -100) + (1 - z) max(log(1 - p), -100)), so 100 z at p = 0
+# and 100 (1 - z) at p = 1 (status clipped: the exact loss is +inf), and 100 z for
+# 0 < p < e**-100 = 3.7e-44 too (status inaccurate; only float64 and float32 subnormals reach
+# it). Only "clipped" is declared: notes are keyed by status, and inaccurate rows also come
+# from the gradient's clamp, which is not documented: the gradient is
+# (p - z) / max(p (1 - p), eps) with eps = 1e-12 cast to the input dtype (-1/eps at p = 0,
+# z = 1: clipped where the exact gradient is -inf), so p / eps instead of about 1 for
+# p < 1e-12, 0 instead of +-1 at p = z in {0, 1}, and NaN there in float16 (eps rounds to 0).
 BCE_CLAMP_DOC = (
-    "BCELoss clamps its log function outputs to be greater than or equal to -100 (PyTorch "
-    "docs, torch.nn.BCELoss): where the exact loss is +inf (p = 0 under z > 0, or p = 1 "
-    "under z < 1) it returns a finite z * 100 + (1 - z) * 100 instead"
+    "BCELoss clamps its log function outputs to be >= -100, so that the loss is always finite "
+    "and the backward linear (PyTorch docs, torch.nn.BCELoss); measured: 100 z at p = 0, "
+    "100 (1 - z) at p = 1"
 )
 
 
@@ -76,9 +84,7 @@ def weighted_binary_cross_entropy_with_logits(x: Any, z: Any, pos_weight: float)
     ``q`` a 0-d tensor of x's dtype (``pos_weight`` is already a value of that format)."""
     torch = require("torch")
     q = torch.tensor(pos_weight, dtype=x.dtype)
-    return _functional().binary_cross_entropy_with_logits(
-        x, z, reduction="none", pos_weight=q
-    )
+    return _functional().binary_cross_entropy_with_logits(x, z, reduction="none", pos_weight=q)
 
 
 _TABLE: tuple[tuple[str, str, Any, str, dict[str, str]], ...] = (
