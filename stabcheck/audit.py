@@ -407,7 +407,7 @@ def _rows(
         "origin": origin,
         "case_id": case.id,
     }
-    quantities = ["value", "gradient"] if config.grad and impl.grad is not None else ["value"]
+    quantities = ["value", "gradient"] if config.grad and impl.differentiable else ["value"]
 
     def note(status: str) -> str:
         documented = impl.documented.get(status)

@@ -45,6 +45,11 @@ class Implementation:
     documented: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def differentiable(self) -> bool:
+        """Whether gradients can be measured: a ``grad`` function, or a backend's autodiff."""
+        return self.grad is not None or self.backend != "numpy"
+
+    @property
     def available(self) -> bool:
         """Whether every module it requires is installed (found without importing it)."""
         from stabcheck.implementations.backends import installed
@@ -187,7 +192,8 @@ def _check_backend(backend: str) -> None:
 
 # Registers the built-in naive, stable and accurate implementations of every loss, then the
 # third-party adapters (each imports its library only when called).
-from stabcheck.implementations import reference as reference  # noqa: E402
+from stabcheck.implementations import reference as reference  # noqa: E402, I001
+from stabcheck.implementations import jax as jax  # noqa: E402
 from stabcheck.implementations import scipy as scipy  # noqa: E402
 from stabcheck.implementations import sklearn as sklearn  # noqa: E402
 from stabcheck.implementations import torch as torch  # noqa: E402

@@ -1,0 +1,169 @@
+"""JAX and optax cross-entropies as auditable implementations (``backend="jax"``).
+
+Registered at import, each importing ``jax`` (and ``optax``) only when called, through
+``backends.require``:
+
+- ``optax.softmax_cross_entropy``: ``softmax_cross_entropy_with_logits``;
+- ``optax.softmax_cross_entropy_with_integer_labels``:
+  ``sparse_softmax_cross_entropy_with_logits``;
+- ``optax.safe_softmax_cross_entropy``: ``softmax_cross_entropy_with_logits``;
+- ``optax.sigmoid_binary_cross_entropy``: ``sigmoid_cross_entropy_with_logits``;
+- ``jax.nn.log_softmax``, composed by hand: ``-sum(y * log_softmax(x))`` for
+  ``softmax_cross_entropy_with_logits`` and ``-take_along_axis(log_softmax(x), k)`` for
+  ``sparse_softmax_cross_entropy_with_logits``.
+
+Every one runs in all four formats on CPU (measured with jax 0.10.2 and optax 0.2.8: each
+returns, and differentiates to, the dtype of its input, bfloat16 included), so they declare
+``float64``, ``float32``, ``float16`` and ``bfloat16``.
+
+Note on float64: JAX computes in float32 unless ``jax_enable_x64`` is on, and says nothing
+about it: ``jnp.asarray`` of a float64 numpy array silently gives a float32 array (only an
+explicit ``dtype=jnp.float64`` warns), and the loss comes back as float32. Measured without
+x64 against the float64 oracle, ``optax.softmax_cross_entropy_with_integer_labels`` of
+``[[0.1, 0.2, 0.3]]``, label 0, gives ``0x1.33b286p+0`` where the correctly rounded float64
+loss is ``0x1.33b286c8ce420p+0``: 210,560,032 ULPs (27.6 bits of error); on 8 rows of 5
+logits uniform in [-10, 10] the median is 2.2e8 ULPs and the worst 1.3e12 ULPs (a loss of
+0.0018 that cancels: relative error 1.6e-4). The audit turns x64 on for its float64 cases
+(``backends._jax``, in the audit's child process), so float64 rows measure JAX's float64
+arithmetic, not this default.
+
+Measured behaviour at infinities (reverse mode, ``jax.grad``, as the audit differentiates):
+a ``-inf`` logit under a zero label gets exactly 0 gradient from every softmax form here,
+but ``optax.softmax_cross_entropy`` and ``-sum(y * log_softmax(x))`` return a NaN *loss*
+there (``0 * -inf``), as they do when ``x_i - max(x)`` overflows to ``-inf`` on finite
+logits; ``optax.safe_softmax_cross_entropy`` returns the right loss (but its custom JVP
+gives NaN in forward mode, ``jax.jacfwd``, on such a row: ``weights_dot * log_softmax``
+with the latter ``-inf``; the audit, in reverse mode, does not see it). A row holding ``+inf``
+gives NaN losses and gradients in every softmax form (documented for ``jax.nn.log_softmax``),
+and ``optax.sigmoid_binary_cross_entropy`` returns NaN for any infinite logit, even with an
+agreeing label (``0 * log_sigmoid(-inf)``), though its gradient there is exactly 0.
+
+XLA on CPU flushes subnormals to zero in arithmetic (``jnp.float32(1e-39) * 2`` is 0): a
+subnormal label counts as 0 (``optax.sigmoid_binary_cross_entropy`` of ``x = -0x1.fffffep+127``
+with ``z = 0x1.fffffcp-127`` returns 0 where the loss is 4.0) and subnormal results become 0,
+which the audit reports as underflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stabcheck.implementations import Implementation, register
+from stabcheck.implementations.backends import require
+
+SOFTMAX = "softmax_cross_entropy_with_logits"
+SPARSE = "sparse_softmax_cross_entropy_with_logits"
+SIGMOID = "sigmoid_cross_entropy_with_logits"
+
+FORMATS = ("float64", "float32", "float16", "bfloat16")
+X64 = "float64 is audited with jax_enable_x64 on (by default JAX silently computes it in float32)"
+
+
+def optax_softmax_cross_entropy(logits: Any, labels: Any) -> Any:
+    """``optax.softmax_cross_entropy(logits, labels)``: ``-(labels * log_softmax).sum(-1)``."""
+    return require("optax").softmax_cross_entropy(logits, labels)
+
+
+def optax_softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any) -> Any:
+    """``optax.softmax_cross_entropy_with_integer_labels``: ``logsumexp(x) - x_k``."""
+    return require("optax").softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def optax_safe_softmax_cross_entropy(logits: Any, labels: Any) -> Any:
+    """``optax.safe_softmax_cross_entropy``: zero labels contribute 0 (0 log 0 = 0), with a
+    custom JVP."""
+    return require("optax").safe_softmax_cross_entropy(logits, labels)
+
+
+def optax_sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> Any:
+    """``optax.sigmoid_binary_cross_entropy``: ``-z log_sigmoid(x) - (1 - z) log_sigmoid(-x)``."""
+    return require("optax").sigmoid_binary_cross_entropy(logits, labels)
+
+
+def log_softmax_soft(logits: Any, labels: Any) -> Any:
+    """``-sum(y * jax.nn.log_softmax(x), axis=-1)``, composed by hand."""
+    jax, jnp = require("jax"), require("jax.numpy")
+    return -jnp.sum(labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def log_softmax_sparse(logits: Any, labels: Any) -> Any:
+    """``-take_along_axis(jax.nn.log_softmax(x), k)``, composed by hand."""
+    jax, jnp = require("jax"), require("jax.numpy")
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+
+
+# jax.nn.log_softmax's docstring; the sparse form returns NaN for no other reason, while the
+# soft forms also give NaN for 0 * (-inf), which no documentation mentions
+LOG_SOFTMAX_NAN = "jax.nn.log_softmax: 'If any input values are +inf, the result will be all NaN'"
+
+
+def _register(
+    name: str,
+    loss: str,
+    fn: Any,
+    library: str,
+    description: str,
+    documented: dict[str, str] | None = None,
+) -> None:
+    requires = ("jax", "optax") if library == "optax" else ("jax",)
+    register(
+        Implementation(
+            name=name,
+            loss=loss,
+            fn=fn,
+            backend="jax",
+            formats=FORMATS,
+            library=library,
+            description=f"{description}; {X64}",
+            requires=requires,
+            documented=documented or {},
+        )
+    )
+
+
+_register(
+    "optax.softmax_cross_entropy",
+    SOFTMAX,
+    optax_softmax_cross_entropy,
+    "optax",
+    "optax.softmax_cross_entropy(logits, labels): -sum(labels * log_softmax(logits))",
+)
+_register(
+    "optax.softmax_cross_entropy_with_integer_labels",
+    SPARSE,
+    optax_softmax_cross_entropy_with_integer_labels,
+    "optax",
+    "optax.softmax_cross_entropy_with_integer_labels(logits, labels): logsumexp(x) - x_k",
+)
+_register(
+    "optax.safe_softmax_cross_entropy",
+    SOFTMAX,
+    optax_safe_softmax_cross_entropy,
+    "optax",
+    "optax.safe_softmax_cross_entropy(logits, labels): zero labels give 0 even under -inf "
+    "logits, custom JVP",
+)
+_register(
+    "optax.sigmoid_binary_cross_entropy",
+    SIGMOID,
+    optax_sigmoid_binary_cross_entropy,
+    "optax",
+    "optax.sigmoid_binary_cross_entropy(logits, labels): "
+    "-z log_sigmoid(x) - (1 - z) log_sigmoid(-x)",
+)
+_register(
+    "jax.nn.log_softmax",
+    SOFTMAX,
+    log_softmax_soft,
+    "jax",
+    "-sum(y * jax.nn.log_softmax(x, axis=-1), axis=-1), composed by hand",
+)
+_register(
+    "jax.nn.log_softmax",
+    SPARSE,
+    log_softmax_sparse,
+    "jax",
+    "-take_along_axis(jax.nn.log_softmax(x, axis=-1), k), composed by hand",
+    documented={"nan": LOG_SOFTMAX_NAN},
+)
