@@ -45,8 +45,8 @@ COLUMNS = (
     "index", "status", "ulps", "bits", "relative_error", "condition", "exact", "expected",
     "got", "note",
 )  # fmt: skip
-DEFAULT_EXAMPLES = 12
-DEFAULT_SEARCH = 20
+DEFAULT_EXAMPLES = 8
+DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
 
@@ -214,9 +214,12 @@ def run_audit(
                     result.oracle_failures.append(f"{case.id}: {exc}")
                     continue
                 result.cases[case.id] = case
+                # every implementation family has its own process: let them run together
                 for impl in impls:
                     runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
-                    outcome = runner.call(impl, case, config.grad)
+                    runner.submit(impl, case, config.grad)
+                for impl in impls:
+                    outcome = runners[impl.name].result()
                     result.rows.extend(_rows(impl, case, exact, outcome, config, "drawn"))
             if config.search and regime != "wide":
                 for impl in impls:
@@ -327,14 +330,30 @@ class _Runner:
         self.name, self.timeout = name, timeout
         self.process: Any = None
         self.conn: Any = None
+        self.started = 0.0
+        self.pending: Outcome | None = None
 
     def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
+        """Run one call and wait for it."""
+        self.submit(impl, case, grad)
+        return self.result()
+
+    def submit(self, impl: Implementation, case: Case, grad: bool) -> None:
+        """Start one call; ``result`` collects it (other runners may work meanwhile)."""
+        self.started = time.perf_counter()
         if "fork" not in multiprocessing.get_all_start_methods():
-            return _protected(impl, case, grad)  # no isolation without fork (Windows)
+            self.pending = _protected(impl, case, grad)  # no isolation without fork (Windows)
+            return
+        self.pending = None
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send((impl.loss, impl.name, case, grad))
-        if not self.conn.poll(self.timeout):
+
+    def result(self) -> Outcome:
+        if self.pending is not None:
+            return self.pending
+        left = self.timeout - (time.perf_counter() - self.started)
+        if not self.conn.poll(max(left, 0.0)):
             self.close()
             return Outcome(status=TIMEOUT, note=f"no answer within {self.timeout:g} s")
         try:

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="targeted examples per implementation, loss, format and regime, "
-        "steered by hypothesis.target toward more bits of error (default 20; "
+        "steered by hypothesis.target toward more bits of error (default 10; "
         "0 turns the search off)",
     )
     audit.add_argument("--seed", type=int, default=0, help="seed of every random choice")
