@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--format", action="append", metavar="F", help="repeatable")
     audit.add_argument("--regime", action="append", metavar="R", help="repeatable")
     audit.add_argument(
-        "--examples", type=int, default=None, help="cases per loss, format and regime (default 12)"
+        "--examples", type=int, default=None, help="cases per loss, format and regime (default 8)"
     )
     audit.add_argument(
         "--search",
