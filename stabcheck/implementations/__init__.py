@@ -194,6 +194,8 @@ def _check_backend(backend: str) -> None:
 # third-party adapters (each imports its library only when called).
 from stabcheck.implementations import reference as reference  # noqa: E402, I001
 from stabcheck.implementations import jax as jax  # noqa: E402
+from stabcheck.implementations import keras as keras  # noqa: E402
 from stabcheck.implementations import scipy as scipy  # noqa: E402
 from stabcheck.implementations import sklearn as sklearn  # noqa: E402
+from stabcheck.implementations import tensorflow as tensorflow  # noqa: E402
 from stabcheck.implementations import torch as torch  # noqa: E402

@@ -1,0 +1,209 @@
+"""Keras 3's cross-entropy functions, on each Keras backend that is installed.
+
+``keras.losses.binary_crossentropy``, ``categorical_crossentropy`` and
+``sparse_categorical_crossentropy`` (the functions, which return unreduced per-sample
+losses) are registered as ``keras[<backend>].<function>`` for two losses each: the
+probability loss of the same name with ``from_logits=False``, and the matching logit loss
+with ``from_logits=True``:
+
+=================================== ================================== =====================
+name                                ``from_logits=False``              ``from_logits=True``
+=================================== ================================== =====================
+``keras[B].binary_crossentropy``    ``binary_crossentropy``            ``sigmoid_cross_...``
+``keras[B].categorical_...``        ``categorical_crossentropy``       ``softmax_cross_...``
+``keras[B].sparse_categorical_...`` ``sparse_categorical_crossentropy`` ``sparse_softmax_...``
+=================================== ================================== =====================
+
+for ``B`` in ``tensorflow``, ``jax`` and ``torch``, each taking that framework's arrays
+(``backend=B``); gradients come from that framework's autodiff.
+
+``keras.losses.binary_crossentropy`` averages over the last axis; the stabcheck loss is
+elementwise, so every element is made a sample of its own: the predictions and labels are
+given a trailing axis of length 1 (``keras.ops.expand_dims(..., -1)``), and the mean over
+that axis is the element's loss itself (on the jax and torch backends Keras computes that
+mean in float32 for float64 input, as it does for any mean, so float64 results there carry
+float32 accuracy: a finding of the audit, not of the reshape).
+
+The Keras backend is chosen once, when ``keras`` is first imported, from the environment
+variable ``KERAS_BACKEND``. Each function sets it just before importing keras (and puts
+the variable back afterwards); if keras is already imported with another backend it raises
+``AdapterUnavailable`` saying so. The audit runs every implementation family in a forked
+child process of its own, so each family gets the backend it names, as long as the parent
+has not imported keras. Nothing is imported when this module is imported.
+
+What the Keras source does with probabilities (``from_logits=False``), on every backend,
+declared in ``documented=``: it clips them to ``[epsilon, 1 - epsilon]`` with
+``epsilon = keras.config.epsilon()`` (``1e-7``), rounded to the input format, so that
+``-log p`` stops at ``-log(1e-7) = 16.118`` (measured: 15.945 in float16, where ``1e-7``
+rounds to ``2^-23``, and 16.125 in bfloat16; ``1 - 1e-7`` rounds to ``1 - 2^-23`` in
+float32 and to 1 in float16 and bfloat16, which therefore have no upper clip). The
+categorical and sparse forms renormalise: they divide the probabilities by their sum over
+the classes ("so that the probability of each class for every sample adds up to 1"), which
+the oracle does not (it uses the probabilities as given), so their gradient is
+``-y_i / p_i + sum(y) / sum(p)``. The tensorflow backend's sparse form clips first and then
+takes ``tf.nn.sparse_softmax_cross_entropy_with_logits`` of the logs, which renormalises
+the clipped probabilities; the others renormalise, then clip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from stabcheck.errors import AdapterUnavailable
+from stabcheck.implementations import Implementation, register
+from stabcheck.implementations.backends import installed, require
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+# Checked on CPU with Keras 3.15 (tests/adapters/test_keras.py and the audit): every backend
+# takes all four formats and returns the input dtype, except JAX's two sparse functions, whose
+# one-hot labels are float32 (float64 once a float64 case has turned x64 on) and promote the
+# result: float16 and bfloat16 come back as float32, and after x64 every format as float64.
+# The audit notes the returned dtype.
+FORMATS = {
+    "tensorflow": ("float64", "float32", "float16", "bfloat16"),
+    "jax": ("float64", "float32", "float16", "bfloat16"),
+    "torch": ("float64", "float32", "float16", "bfloat16"),
+}
+
+CLIPPED = (
+    "clips probabilities to [1e-7, 1 - 1e-7] (keras.config.epsilon()) in the input format: "
+    "-log p stops at 16.118 (15.945 in float16, where 1e-7 rounds to 2^-23; 16.125 in "
+    "bfloat16), -log(1 - p) at 16.118 in float64 and 15.942 in float32 (where 1 - 1e-7 "
+    "rounds to 1 - 2^-23); in float16 and bfloat16 1 - 1e-7 rounds to 1: no upper clip"
+)
+TORCH_CLAMP = (
+    "; torch.nn.functional.binary_cross_entropy, which Keras calls on the torch backend, "
+    "clamps log at -100 (documented by PyTorch)"
+)
+CLIP_MOVES = (
+    "clipping probabilities to [1e-7, 1 - 1e-7] (keras.config.epsilon()) moves the loss "
+    "wherever p < 1e-7 or p > 1 - 1e-7: a loss of 0 at p = z = 1 becomes -log(1 - 1e-7)"
+)
+RENORMALISES = (
+    "renormalises: divides the probabilities by their sum over the classes (so the gradient "
+    "is -y_i / p_i + sum(y) / sum(p), not -y_i / p_i), then clips them to [1e-7, 1 - 1e-7] "
+    "(keras.config.epsilon())"
+)
+RENORMALISES_TF = (
+    "renormalises: clips the probabilities to [1e-7, 1 - 1e-7] (keras.config.epsilon()), then "
+    "takes tf.nn.sparse_softmax_cross_entropy_with_logits of their logs, which divides them "
+    "by their sum over the classes (so the gradient is -[i = k] / p_k + 1 / sum(p))"
+)
+
+
+def keras_for(backend: str) -> Any:
+    """``keras`` imported with the Keras backend ``backend`` (``KERAS_BACKEND`` is set for
+    the import); ``AdapterUnavailable`` if keras is already imported with another one."""
+    loaded = sys.modules.get("keras")
+    if loaded is None:
+        require(backend)
+        previous = os.environ.get("KERAS_BACKEND")
+        os.environ["KERAS_BACKEND"] = backend
+        try:
+            loaded = require("keras")
+        finally:
+            if previous is None:
+                os.environ.pop("KERAS_BACKEND", None)
+            else:
+                os.environ["KERAS_BACKEND"] = previous
+    actual = loaded.backend.backend()
+    if actual != backend:
+        raise AdapterUnavailable(
+            f"keras is already imported in this process with the {actual!r} backend, but "
+            f"keras[{backend}] needs the {backend!r} backend, which Keras fixes when it is "
+            f"first imported; run keras[{backend}] in a fresh process (the audit runs each "
+            "implementation family in a child process of its own, so do not import keras "
+            f"in the process that starts the audit), or set KERAS_BACKEND={backend} before "
+            "keras is imported"
+        )
+    return loaded
+
+
+def _binary(backend: str, from_logits: bool) -> Callable[..., Any]:
+    def fn(x: Any, z: Any) -> Any:
+        keras = keras_for(backend)
+        expand = keras.ops.expand_dims
+        # each element its own sample: the mean over the new axis of length 1 is the element
+        return keras.losses.binary_crossentropy(
+            expand(z, -1), expand(x, -1), from_logits=from_logits
+        )
+
+    return fn
+
+
+def _categorical(backend: str, from_logits: bool) -> Callable[..., Any]:
+    def fn(x: Any, y: Any) -> Any:
+        keras = keras_for(backend)
+        return keras.losses.categorical_crossentropy(y, x, from_logits=from_logits)
+
+    return fn
+
+
+def _sparse(backend: str, from_logits: bool) -> Callable[..., Any]:
+    def fn(x: Any, k: Any) -> Any:
+        keras = keras_for(backend)
+        return keras.losses.sparse_categorical_crossentropy(k, x, from_logits=from_logits)
+
+    return fn
+
+
+# (keras function, its factory, the loss with from_logits=False, with from_logits=True)
+FUNCTIONS = (
+    ("binary_crossentropy", _binary, "binary_crossentropy", "sigmoid_cross_entropy_with_logits"),
+    (
+        "categorical_crossentropy",
+        _categorical,
+        "categorical_crossentropy",
+        "softmax_cross_entropy_with_logits",
+    ),
+    (
+        "sparse_categorical_crossentropy",
+        _sparse,
+        "sparse_categorical_crossentropy",
+        "sparse_softmax_cross_entropy_with_logits",
+    ),
+)
+
+
+def _documented(backend: str, function: str, from_logits: bool) -> dict[str, str]:
+    """What the Keras source says it does (the statuses it explains): nothing for logits."""
+    if from_logits:
+        return {}
+    if function == "binary_crossentropy":
+        clipped = CLIPPED + (TORCH_CLAMP if backend == "torch" else "")
+        return {"clipped": clipped, "inaccurate": CLIP_MOVES}
+    if function == "sparse_categorical_crossentropy" and backend == "tensorflow":
+        return {"clipped": CLIPPED, "inaccurate": RENORMALISES_TF}
+    return {"clipped": CLIPPED, "inaccurate": RENORMALISES}
+
+
+def _register() -> None:
+    for backend in KERAS_BACKENDS:
+        if not installed(backend):
+            continue
+        for function, factory, probability_loss, logit_loss in FUNCTIONS:
+            for loss, from_logits in ((probability_loss, False), (logit_loss, True)):
+                register(
+                    Implementation(
+                        name=f"keras[{backend}].{function}",
+                        loss=loss,
+                        fn=factory(backend, from_logits),
+                        backend=backend,
+                        formats=FORMATS[backend],
+                        library="keras",
+                        description=(
+                            f"keras.losses.{function}(labels, predictions, "
+                            f"from_logits={from_logits}) on the {backend} backend"
+                            + (", each element a sample" if function.startswith("b") else "")
+                        ),
+                        requires=("keras", backend),
+                        documented=_documented(backend, function, from_logits),
+                    )
+                )
+
+
+_register()
