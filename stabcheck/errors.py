@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class StabcheckError(Exception):
     """Base class of every error stabcheck raises on purpose."""
@@ -17,3 +20,9 @@ class AdapterUnavailable(StabcheckError, ImportError):
 
 class PrecisionLimitReached(StabcheckError, ArithmeticError):
     """The oracle could not certify a rounding within its precision cap."""
+
+
+def did_you_mean(value: object, candidates: Iterable[str], n: int = 3) -> str:
+    """ " Did you mean 'a' or 'b'?" for the candidates close to ``value``, else ""."""
+    close = difflib.get_close_matches(str(value), list(candidates), n=n, cutoff=0.6)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

@@ -10,7 +10,6 @@ integers, so it never overflows.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 from mpmath import libmp
 
-from stabcheck.errors import InvalidArgument
+from stabcheck.errors import InvalidArgument, did_you_mean
 
 Real = Any  # an mpmath mpf, a raw libmp tuple, a Fraction, an int or a float
 
@@ -204,10 +203,9 @@ def get_format(name: str | Format | np.dtype | type) -> Format:
     fmt = _BY_NAME.get(name.strip().lower())
     if fmt is not None:
         return fmt
-    close = difflib.get_close_matches(name, list(_BY_NAME), n=2, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise InvalidArgument(
-        f"format={name!r} is not a known format.{hint} Valid formats: {', '.join(format_names())}."
+        f"format={name!r} is not a known format.{did_you_mean(name, _BY_NAME, n=2)} "
+        f"Valid formats: {', '.join(format_names())}."
     )
 
 

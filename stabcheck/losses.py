@@ -8,11 +8,10 @@ N x C input for the others.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from enum import Enum
 
-from stabcheck.errors import InvalidArgument
+from stabcheck.errors import InvalidArgument, did_you_mean
 
 
 class InputKind(str, Enum):
@@ -138,8 +137,7 @@ def get_loss(name: str | LossSpec) -> LossSpec:
     spec = _BY_NAME.get(str(name).strip().lower().replace("-", "_"))
     if spec is not None:
         return spec
-    close = difflib.get_close_matches(str(name), list(_BY_NAME), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise InvalidArgument(
-        f"loss={name!r} is not a known loss.{hint} Valid losses: {', '.join(loss_names())}."
+        f"loss={name!r} is not a known loss.{did_you_mean(name, _BY_NAME)} "
+        f"Valid losses: {', '.join(loss_names())}."
     )

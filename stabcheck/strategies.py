@@ -15,7 +15,6 @@ integers in range, soft rows in [0, 1] or binary targets in [0, 1], all validate
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from stabcheck.case import Case
-from stabcheck.errors import InvalidArgument
+from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import Format, get_format
 from stabcheck.losses import InputKind, LabelKind, LossSpec, get_loss
 
@@ -803,10 +802,9 @@ def get_regime(name: str | Regime) -> Regime:
     regime = _BY_NAME.get(str(name).strip().lower().replace("-", "_"))
     if regime is not None:
         return regime
-    close = difflib.get_close_matches(str(name), list(_BY_NAME), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise InvalidArgument(
-        f"regime={name!r} is not a known regime.{hint} Valid regimes: {', '.join(regime_names())}."
+        f"regime={name!r} is not a known regime.{did_you_mean(name, _BY_NAME)} "
+        f"Valid regimes: {', '.join(regime_names())}."
     )
 
 

@@ -10,13 +10,12 @@ only inside ``fn``, so that listing them costs nothing.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stabcheck.errors import InvalidArgument
+from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import get_format
 from stabcheck.losses import get_loss
 
@@ -145,8 +144,7 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
             public = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(attr, public, n=3, cutoff=0.6)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(attr, public)
             raise InvalidArgument(f"spec={spec!r}: {owner!r} has no attribute {attr!r}.{hint}")
         obj, owner = getattr(obj, attr), f"{owner}.{attr}"
     if not callable(obj):
@@ -173,20 +171,18 @@ def _check_name(name: str) -> str:
     valid = implementation_names()
     if name in valid:
         return name
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InvalidArgument(
-        f"name={name!r} is not a registered implementation.{hint} Valid names: "
+        f"name={name!r} is not a registered implementation.{did_you_mean(name, valid, n=1)} "
+        "Valid names: "
         f"{', '.join(valid)}, or a 'module:function' of your own."
     )
 
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        close = difflib.get_close_matches(str(backend), BACKENDS, n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise InvalidArgument(
-            f"backend={backend!r} is not supported.{hint} Valid backends: {', '.join(BACKENDS)}."
+            f"backend={backend!r} is not supported.{did_you_mean(backend, BACKENDS, n=1)} "
+            f"Valid backends: {', '.join(BACKENDS)}."
         )
 
 

@@ -57,7 +57,7 @@ Fn = Callable[..., Array]
 _EXP_M700 = float.fromhex("0x1.14f2b0fb9307fp-1010")  # exp(-700), correctly rounded
 
 
-def _quiet(fn: Fn) -> Fn:
+def quiet(fn: Fn) -> Fn:
     """``fn`` with numpy's floating-point warnings silenced."""
 
     @functools.wraps(fn)
@@ -72,7 +72,8 @@ def _one_hot(k: Array, like: Array) -> Array:
     return (np.arange(like.shape[-1]) == k[:, None]).astype(like.dtype)
 
 
-def _pick(a: Array, k: Array) -> Array:
+def pick(a: Array, k: Array) -> Array:
+    """Row i's entry k[i] of a 2-D array."""
     return np.take_along_axis(a, k[:, None], axis=-1)[:, 0]
 
 
@@ -94,13 +95,13 @@ def _naive_softmax(x: Array) -> Array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@_quiet
+@quiet
 def naive_weighted(x: Array, z: Array, pos_weight: float) -> Array:
     q, s = x.dtype.type(pos_weight), _naive_sigmoid(x)
     return -(q * z * np.log(s) + (1 - z) * np.log(1 - s))
 
 
-@_quiet
+@quiet
 def naive_weighted_grad(x: Array, z: Array, pos_weight: float) -> Array:
     q, s = x.dtype.type(pos_weight), _naive_sigmoid(x)
     return (1 - z) * s - q * z * (1 - s)
@@ -114,55 +115,55 @@ def naive_sigmoid_grad(x: Array, z: Array) -> Array:
     return naive_weighted_grad(x, z, 1.0)
 
 
-@_quiet
+@quiet
 def naive_softmax(x: Array, y: Array) -> Array:
     return -(y * np.log(_naive_softmax(x))).sum(axis=-1)
 
 
-@_quiet
+@quiet
 def naive_softmax_grad(x: Array, y: Array) -> Array:
     return _naive_softmax(x) * y.sum(axis=-1, keepdims=True) - y
 
 
-@_quiet
+@quiet
 def naive_sparse_softmax(x: Array, k: Array) -> Array:
-    return -np.log(_pick(_naive_softmax(x), k))
+    return -np.log(pick(_naive_softmax(x), k))
 
 
-@_quiet
+@quiet
 def naive_sparse_softmax_grad(x: Array, k: Array) -> Array:
     return _naive_softmax(x) - _one_hot(k, x)
 
 
-@_quiet
+@quiet
 def naive_binary(p: Array, z: Array) -> Array:
     return -(z * np.log(p) + (1 - z) * np.log(1 - p))
 
 
-@_quiet
+@quiet
 def naive_binary_grad(p: Array, z: Array) -> Array:
     return -z / p + (1 - z) / (1 - p)
 
 
-@_quiet
+@quiet
 def naive_categorical(p: Array, y: Array) -> Array:
     return -(y * np.log(p)).sum(axis=-1)
 
 
-@_quiet
+@quiet
 def naive_categorical_grad(p: Array, y: Array) -> Array:
     return -y / p
 
 
-@_quiet
+@quiet
 def sparse_categorical(p: Array, k: Array) -> Array:
     """``-log p_k``: as written, which is already as stable as it gets (naive and stable)."""
-    return -np.log(_pick(p, k))
+    return -np.log(pick(p, k))
 
 
-@_quiet
+@quiet
 def sparse_categorical_grad(p: Array, k: Array) -> Array:
-    return np.where(_one_hot(k, p) == 1, -1 / _pick(p, k)[:, None], np.zeros_like(p))
+    return np.where(_one_hot(k, p) == 1, -1 / pick(p, k)[:, None], np.zeros_like(p))
 
 
 # -- stable --------------------------------------------------------------------------------
@@ -183,64 +184,64 @@ def _stable_softmax(x: Array) -> Array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@_quiet
+@quiet
 def stable_sigmoid(x: Array, z: Array) -> Array:
     return np.maximum(x, 0) - x * z + np.log(1 + np.exp(-np.abs(x)))
 
 
-@_quiet
+@quiet
 def stable_sigmoid_grad(x: Array, z: Array) -> Array:
     return _stable_sigmoid(x) - z
 
 
-@_quiet
+@quiet
 def stable_weighted(x: Array, z: Array, pos_weight: float) -> Array:
     l = 1 + (x.dtype.type(pos_weight) - 1) * z  # noqa: E741 (TensorFlow's name)
     return (1 - z) * x + l * (np.log(1 + np.exp(-np.abs(x))) + np.maximum(-x, 0))
 
 
-@_quiet
+@quiet
 def stable_weighted_grad(x: Array, z: Array, pos_weight: float) -> Array:
     q = x.dtype.type(pos_weight)
     return (1 - z) * _stable_sigmoid(x) - q * z * _stable_sigmoid(-x)
 
 
-@_quiet
+@quiet
 def stable_softmax(x: Array, y: Array) -> Array:
     return _unless_zero(y, y * -_stable_log_softmax(x)).sum(axis=-1)
 
 
-@_quiet
+@quiet
 def stable_softmax_grad(x: Array, y: Array) -> Array:
     return _stable_softmax(x) * y.sum(axis=-1, keepdims=True) - y
 
 
-@_quiet
+@quiet
 def stable_sparse_softmax(x: Array, k: Array) -> Array:
-    return -_pick(_stable_log_softmax(x), k)
+    return -pick(_stable_log_softmax(x), k)
 
 
-@_quiet
+@quiet
 def stable_sparse_softmax_grad(x: Array, k: Array) -> Array:
     return _stable_softmax(x) - _one_hot(k, x)
 
 
-@_quiet
+@quiet
 def stable_binary(p: Array, z: Array) -> Array:
     return -(_unless_zero(z, z * np.log(p)) + _unless_zero(1 - z, (1 - z) * np.log(1 - p)))
 
 
-@_quiet
+@quiet
 def stable_binary_grad(p: Array, z: Array) -> Array:
     return _unless_zero(z, -z / p) + _unless_zero(1 - z, (1 - z) / (1 - p))
 
 
-@_quiet
+@quiet
 def stable_categorical(p: Array, y: Array) -> Array:
     return -_unless_zero(y, y * np.log(p)).sum(axis=-1)
 
 
-@_quiet
+@quiet
 def stable_categorical_grad(p: Array, y: Array) -> Array:
     return _unless_zero(y, -y / p)
 
@@ -351,7 +352,7 @@ def _softmax_kernel(x: Array, y: Array, *, grad: bool) -> Array:
         # the argmax entry Y / (1 + S) - y_j, written as (Y - y_j) - Y S / (1 + S) when
         # S < 1, where p_j is near 1 and the first form would cancel
         gj = np.where(
-            s < 1, _row_fsum(rest) - ysum * s / (1 + s), ysum / (1 + s) - _pick(y, j[:, 0])
+            s < 1, _row_fsum(rest) - ysum * s / (1 + s), ysum / (1 + s) - pick(y, j[:, 0])
         )
         np.put_along_axis(g, j, gj[:, None], axis=1)
         # limits: p is 1 on a lone +inf logit and 0 below it; undefined on several +inf

@@ -31,7 +31,6 @@ know) to float64. The audit notes the returned dtype where it differs from the i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 
 from stabcheck.implementations import Implementation, register
 from stabcheck.implementations.backends import require
+from stabcheck.implementations.reference import pick, quiet
 
 Array = np.ndarray
 Fn = Callable[..., Array]
@@ -48,77 +48,62 @@ def _special() -> Any:
     return require("scipy.special")
 
 
-def _quiet(fn: Fn) -> Fn:
-    """``fn`` with numpy's floating-point warnings silenced."""
-
-    @functools.wraps(fn)
-    def quiet(*args: Any, **params: float) -> Array:
-        with np.errstate(all="ignore"):
-            return fn(*args, **params)
-
-    return quiet
-
-
-def _pick(a: Array, k: Array) -> Array:
-    return np.take_along_axis(a, k[:, None], axis=1)[:, 0]
-
-
 # -- log_softmax -----------------------------------------------------------------------------
 
 
-@_quiet
+@quiet
 def log_softmax_softmax(x: Array, y: Array) -> Array:
     return -(y * _special().log_softmax(x, axis=1)).sum(axis=1)
 
 
-@_quiet
+@quiet
 def log_softmax_sparse(x: Array, k: Array) -> Array:
-    return -_pick(_special().log_softmax(x, axis=1), k)
+    return -pick(_special().log_softmax(x, axis=1), k)
 
 
 # -- logsumexp -------------------------------------------------------------------------------
 
 
-@_quiet
+@quiet
 def logsumexp_softmax(x: Array, y: Array) -> Array:
     return y.sum(axis=1) * _special().logsumexp(x, axis=1) - (y * x).sum(axis=1)
 
 
-@_quiet
+@quiet
 def logsumexp_sparse(x: Array, k: Array) -> Array:
-    return _special().logsumexp(x, axis=1) - _pick(x, k)
+    return _special().logsumexp(x, axis=1) - pick(x, k)
 
 
 # -- xlogy -----------------------------------------------------------------------------------
 
 
-@_quiet
+@quiet
 def xlogy_binary(p: Array, z: Array) -> Array:
     sp = _special()
     return -(sp.xlogy(z, p) + sp.xlogy(1 - z, 1 - p))
 
 
-@_quiet
+@quiet
 def xlogy_categorical(p: Array, y: Array) -> Array:
     return -_special().xlogy(y, p).sum(axis=1)
 
 
-@_quiet
+@quiet
 def xlogy_sparse_categorical(p: Array, k: Array) -> Array:
     require("scipy.special")  # the family needs scipy, although this member uses np.log
-    return -np.log(_pick(p, k))
+    return -np.log(pick(p, k))
 
 
 # -- log_expit -------------------------------------------------------------------------------
 
 
-@_quiet
+@quiet
 def log_expit_sigmoid(x: Array, z: Array) -> Array:
     sp = _special()
     return -(z * sp.log_expit(x) + (1 - z) * sp.log_expit(-x))
 
 
-@_quiet
+@quiet
 def log_expit_weighted(x: Array, z: Array, pos_weight: float) -> Array:
     sp = _special()
     return -(pos_weight * z * sp.log_expit(x) + (1 - z) * sp.log_expit(-x))
