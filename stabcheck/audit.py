@@ -49,6 +49,7 @@ DEFAULT_EXAMPLES = 8
 DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
+PARALLEL = os.cpu_count() or 1  # implementation processes running at once
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,16 @@ def run_audit(
                     result.oracle_failures.append(f"{case.id}: {exc}")
                     continue
                 result.cases[case.id] = case
-                # every implementation family has its own process: let them run together
-                for impl in impls:
-                    runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
-                    runner.submit(impl, case, config.grad)
-                for impl in impls:
-                    outcome = runners[impl.name].result()
-                    result.rows.extend(_rows(impl, case, exact, outcome, config, "drawn"))
+                # every implementation family has its own process: run as many together as
+                # there are cores (more would stretch each call towards its time limit)
+                for start in range(0, len(impls), PARALLEL):
+                    batch = impls[start : start + PARALLEL]
+                    for impl in batch:
+                        runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
+                        runner.submit(impl, case, config.grad)
+                    for impl in batch:
+                        outcome = runners[impl.name].result()
+                        result.rows.extend(_rows(impl, case, exact, outcome, config, "drawn"))
             if config.search and regime != "wide":
                 for impl in impls:
                     runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))

@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="targets shaped like the predictions, or class indices",
     )
-    oracle.add_argument("--pos-weight", type=float, help="pos_weight of the weighted loss")
+    oracle.add_argument(
+        "--pos-weight", type=_number, help="pos_weight of the weighted loss (decimal or hex)"
+    )
     oracle.add_argument("--format", default="float64", help="float64, float32, float16, bfloat16")
     oracle.add_argument("--grad", action="store_true", help="also the gradient")
     oracle.add_argument(
@@ -109,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", required=True, help="directory for the report")
     audit.set_defaults(run=_audit)
     return parser
+
+
+def _number(text: str) -> float:
+    """A decimal or hex float ('0x1.8p+1'), as reproduction lines print them."""
+    from stabcheck.case import parse_floats
+
+    try:
+        return float(parse_floats(text))
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _json(text: str) -> Any:

@@ -156,3 +156,15 @@ def test_oracle_infinite_result(capsys):
     )
     data = json.loads(out)
     assert data["value"] == "inf" and math.isinf(float(data["decimal"]))
+
+
+def test_a_weighted_reproduction_line_replays(capsys):
+    from stabcheck.case import Case
+
+    case = Case.build("weighted_cross_entropy_with_logits", [0.5], [1.0], pos_weight=3.0)
+    argv = case.cli().replace("'", "").split()[1:]  # the line as a shell would split it
+    status, out, _ = run(capsys, *argv, "--json")
+    ctx = mpmath.MPContext()
+    ctx.dps = 50
+    expected = float(3 * ctx.log1p(ctx.exp(-0.5)))  # q z log1p(exp(-x)), normal range
+    assert status == 0 and float.fromhex(json.loads(out)["value"]) == expected
