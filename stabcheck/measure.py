@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,9 +60,6 @@ class Measurement:
     relative_error: float
     condition: float
     status: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def classify(
