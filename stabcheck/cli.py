@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="measure implementations against the oracle and write a report",
         description="Run implementations x losses x formats x regimes on the same seeded "
         "cases, measure values (and gradients) against the oracle, and write "
-        "measurements.csv, summary.md, worst.md, cases.jsonl, run.json and plots to --out.",
+        "measurements.csv, summary.md, worst.md, cases.jsonl.gz, run.json and plots to --out.",
     )
     audit.add_argument(
         "--impl",
