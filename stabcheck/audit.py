@@ -7,7 +7,8 @@ own, with a time limit: an implementation that raises, hangs, crashes or returns
 unusable becomes a row with status ``error`` or ``timeout`` and the audit carries on.
 With ``search``, each implementation then gets a targeted search of its own per group
 (``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
-(origin ``search``; the drawn cases have origin ``drawn``).
+(origin ``search``; the drawn cases have origin ``drawn``). Cases of a regression corpus
+(``corpus=``, see ``stabcheck.gate``) are measured too, with origin ``corpus``.
 One row of the returned DataFrame is one measurement (see ``COLUMNS``).
 """
 
@@ -189,17 +190,42 @@ def run_audit(
     config: AuditConfig,
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint: Callable[[AuditResult], None] | None = None,
+    corpus: Sequence[Case] = (),
+    draw: bool = True,
 ) -> AuditResult:
     """Run the audit; ``checkpoint`` is called after every group with the rows so far.
 
+    ``corpus`` cases (a regression corpus) are measured after the drawn ones, with origin
+    ``corpus``, when their loss and format are selected; ``draw=False`` measures only them.
     An interrupt (Ctrl-C) stops the run between cases and returns what was measured, with
     ``interrupted`` set.
     """
     config = config.validated()
     start = time.perf_counter()
     result = AuditResult()
-    groups = list(_groups(config))
+    groups = list(_groups(config)) if draw else []
     runners: dict[str, _Runner] = {}
+
+    def runner(impl: Implementation) -> _Runner:
+        return runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
+
+    def measure_case(case: Case, impls: list[Implementation], origin: str) -> None:
+        try:
+            exact = evaluate(case, grad=config.grad)
+        except PrecisionLimitReached as exc:
+            result.oracle_failures.append(f"{case.id}: {exc}")
+            return
+        result.cases[case.id] = case
+        # every implementation family has its own process: run as many together as there
+        # are cores (more would stretch each call towards its time limit)
+        for first in range(0, len(impls), PARALLEL):
+            batch = impls[first : first + PARALLEL]
+            for impl in batch:
+                runner(impl).submit(impl, case, config.grad)
+            for impl in batch:
+                outcome = runner(impl).result()
+                result.rows.extend(_rows(impl, case, exact, outcome, config, origin))
+
     try:
         for number, (loss, fmt, regime) in enumerate(groups, 1):
             impls = _implementations(config, loss, fmt, result)
@@ -209,39 +235,38 @@ def run_audit(
             if progress:
                 progress(f"{loss} {fmt} {regime}", number, len(groups))
             for case in draw_cases(loss, fmt, regime, examples, config.seed):
-                try:
-                    exact = evaluate(case, grad=config.grad)
-                except PrecisionLimitReached as exc:
-                    result.oracle_failures.append(f"{case.id}: {exc}")
-                    continue
-                result.cases[case.id] = case
-                # every implementation family has its own process: run as many together as
-                # there are cores (more would stretch each call towards its time limit)
-                for start in range(0, len(impls), PARALLEL):
-                    batch = impls[start : start + PARALLEL]
-                    for impl in batch:
-                        runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
-                        runner.submit(impl, case, config.grad)
-                    for impl in batch:
-                        outcome = runners[impl.name].result()
-                        result.rows.extend(_rows(impl, case, exact, outcome, config, "drawn"))
+                measure_case(case, impls, "drawn")
             if config.search and regime != "wide":
                 for impl in impls:
-                    runner = runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
-                    found = search_worst(impl, runner, (loss, fmt, regime), config)
+                    found = search_worst(impl, runner(impl), (loss, fmt, regime), config)
                     if found is not None:
                         case, rows = found
                         result.cases[case.id] = case
                         result.rows.extend(rows)
             if checkpoint:
                 checkpoint(result)
+        selected = _selected_corpus(config, corpus)
+        for number, case in enumerate(selected, 1):
+            if progress:
+                progress(f"corpus {case.loss.name} {case.format.name}", number, len(selected))
+            impls = _implementations(config, case.loss.name, case.format.name, result)
+            if impls:
+                measure_case(case, impls, "corpus")
+        if selected and checkpoint:
+            checkpoint(result)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        for runner in runners.values():
-            runner.close()
+        for each in runners.values():
+            each.close()
         result.seconds = time.perf_counter() - start
     return result
+
+
+def _selected_corpus(config: AuditConfig, corpus: Sequence[Case]) -> list[Case]:
+    losses = {get_loss(x).name for x in config.losses or loss_names()}
+    formats = {get_format(f).name for f in config.formats or format_names()}
+    return [c for c in corpus if c.loss.name in losses and c.format.name in formats]
 
 
 def _groups(config: AuditConfig) -> Iterator[tuple[str, str, str]]:

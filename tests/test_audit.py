@@ -189,3 +189,27 @@ def test_an_interrupted_audit_keeps_what_it_measured():
 def test_bad_configuration_is_refused_up_front(field, value, message):
     with pytest.raises(InvalidArgument, match=message):
         AuditConfig(**{field: value}).validated()
+
+
+def test_wall_time_is_the_run_s_own():
+    import time
+
+    before = time.perf_counter()
+    config = AuditConfig(implementations=["naive", "accurate"], losses=["binary_crossentropy"],
+                         formats=["float32"], regimes=["moderate"], examples=2, search=0)  # fmt: skip
+    result = run_audit(config)
+    assert 0 < result.seconds <= time.perf_counter() - before
+
+
+def test_corpus_cases_are_measured_with_their_origin():
+    corpus = [
+        Case.build("binary_crossentropy", [1e-10], [0.5], format="float64", regime="saturating"),
+        Case.build("softmax_cross_entropy_with_logits", [[1000.0, 0.0]], [[0.0, 1.0]]),
+    ]
+    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
+                         formats=["float64"], regimes=["moderate"], examples=1, search=0)  # fmt: skip
+    only = run_audit(config, corpus=corpus, draw=False).frame()
+    assert set(only["origin"]) == {"corpus"}  # the softmax case is not selected
+    assert set(only["case_id"]) == {corpus[0].id}
+    both = run_audit(config, corpus=corpus).frame()
+    assert set(both["origin"]) == {"drawn", "corpus"}
