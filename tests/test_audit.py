@@ -195,8 +195,10 @@ def test_wall_time_is_the_run_s_own():
     import time
 
     before = time.perf_counter()
-    config = AuditConfig(implementations=["naive", "accurate"], losses=["binary_crossentropy"],
-                         formats=["float32"], regimes=["moderate"], examples=2, search=0)  # fmt: skip
+    config = AuditConfig(
+        implementations=["naive", "accurate"], losses=["binary_crossentropy"],
+        formats=["float32"], regimes=["moderate"], examples=2, search=0,
+    )  # fmt: skip
     result = run_audit(config)
     assert 0 < result.seconds <= time.perf_counter() - before
 
@@ -206,8 +208,10 @@ def test_corpus_cases_are_measured_with_their_origin():
         Case.build("binary_crossentropy", [1e-10], [0.5], format="float64", regime="saturating"),
         Case.build("softmax_cross_entropy_with_logits", [[1000.0, 0.0]], [[0.0, 1.0]]),
     ]
-    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], regimes=["moderate"], examples=1, search=0)  # fmt: skip
+    config = AuditConfig(
+        implementations=["naive"], losses=["binary_crossentropy"], formats=["float64"],
+        regimes=["moderate"], examples=1, search=0,
+    )  # fmt: skip
     only = run_audit(config, corpus=corpus, draw=False).frame()
     assert set(only["origin"]) == {"corpus"}  # the softmax case is not selected
     assert set(only["case_id"]) == {corpus[0].id}
