@@ -906,7 +906,13 @@ def write_session_report(
     import pandas as pd
 
     from stabcheck.audit import COLUMNS, AuditConfig, AuditResult
-    from stabcheck.report import _atomic, _write_cases, run_info, summary_markdown, worst_markdown
+    from stabcheck.report import (
+        atomic_write,
+        run_info,
+        summary_markdown,
+        worst_markdown,
+        write_cases,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -942,11 +948,11 @@ def write_session_report(
     summary = "\n".join(lines) + "\n\n" + body
     run = {"checks": list(checks), "versions": info["versions"]}
     return [
-        _atomic(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
-        _atomic(out / "cases.jsonl.gz", lambda f: _write_cases(f, dict(cases)), binary=True),
-        _atomic(out / "summary.md", lambda f: f.write(summary)),
-        _atomic(out / "worst.md", lambda f: f.write(worst_markdown(frame, dict(cases)))),
-        _atomic(out / "run.json", lambda f: f.write(json.dumps(run, indent=2, default=str))),
+        atomic_write(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
+        atomic_write(out / "cases.jsonl.gz", lambda f: write_cases(f, dict(cases)), binary=True),
+        atomic_write(out / "summary.md", lambda f: f.write(summary)),
+        atomic_write(out / "worst.md", lambda f: f.write(worst_markdown(frame, dict(cases)))),
+        atomic_write(out / "run.json", lambda f: f.write(json.dumps(run, indent=2, default=str))),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The ``stabcheck`` command: ``list``, ``oracle`` (and, as they land, ``audit``, ``gate``)."""
+"""The ``stabcheck`` command: ``list``, ``oracle``, ``audit`` and ``gate``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StabcheckError as exc:
         print(f"stabcheck {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 3
+        return int(getattr(args, "error_status", 3))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,41 +76,113 @@ def _parser() -> argparse.ArgumentParser:
         "cases, measure values (and gradients) against the oracle, and write "
         "measurements.csv, summary.md, worst.md, cases.jsonl.gz, run.json and plots to --out.",
     )
-    audit.add_argument(
+    _selection(audit, gate=False)
+    audit.add_argument("--out", required=True, help="directory for the report")
+    audit.set_defaults(run=_audit)
+
+    gate = commands.add_parser(
+        "gate",
+        help="fail (exit 1) when accuracy got worse than a committed baseline",
+        description="Run a deterministic audit (seeded cases and the regression corpus, no "
+        "search) and compare it with --baseline, per implementation, loss, format, regime "
+        "and quantity. Exit 1 when a status other than ok is counted more often, or max or "
+        "median ULPs grow by more than max(--tolerance-ulps, --tolerance-fraction x the "
+        "baseline's); exit 0 otherwise; exit 2 when the gate cannot run. Without --update, "
+        "the selection options may narrow the baseline's and the corpus options must match it.",
+    )
+    gate.add_argument("--baseline", required=True, metavar="FILE", help="the baseline JSON file")
+    gate.add_argument(
+        "--update", action="store_true", help="measure and (re)write the baseline instead"
+    )
+    gate.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="regression corpus, one case JSON per line (default: the baseline's, else "
+        "FILE.cases.jsonl beside the baseline)",
+    )
+    gate.add_argument(
+        "--add-case",
+        action="append",
+        type=_case,
+        metavar="JSON",
+        help="add a case (as worst.md or a failing check prints it) to the corpus; repeatable",
+    )
+    gate.add_argument(
+        "--save-failures",
+        action="store_true",
+        help="with --update: add the smallest failing case of each kind to the corpus",
+    )
+    gate.add_argument(
+        "--summary", metavar="FILE", help="also write the comparison as markdown to FILE"
+    )
+    gate.add_argument(
+        "--tolerance-ulps",
+        type=float,
+        default=1.0,
+        help="growth of max/median ULPs always tolerated (default 1)",
+    )
+    gate.add_argument(
+        "--tolerance-fraction",
+        type=float,
+        default=0.25,
+        help="growth of max/median ULPs tolerated as a fraction of the baseline (default 0.25)",
+    )
+    _selection(gate, gate=True)
+    gate.set_defaults(run=_gate, error_status=2)
+    return parser
+
+
+def _selection(parser: argparse.ArgumentParser, gate: bool) -> None:
+    """The options that choose what an audit (or a gate) measures."""
+    parser.add_argument(
         "--impl",
         action="append",
         metavar="NAME",
         help="an implementation (see `stabcheck list`) or module:function; "
         "repeat for several (default: all registered)",
     )
-    audit.add_argument("--loss", action="append", metavar="NAME", help="repeatable")
-    audit.add_argument("--format", action="append", metavar="F", help="repeatable")
-    audit.add_argument("--regime", action="append", metavar="R", help="repeatable")
-    audit.add_argument(
+    parser.add_argument("--loss", action="append", metavar="NAME", help="repeatable")
+    parser.add_argument("--format", action="append", metavar="F", help="repeatable")
+    parser.add_argument("--regime", action="append", metavar="R", help="repeatable")
+    parser.add_argument(
         "--examples", type=int, default=None, help="cases per loss, format and regime (default 8)"
     )
-    audit.add_argument(
-        "--search",
-        type=int,
-        default=None,
-        help="targeted examples per implementation, loss, format and regime, "
-        "steered by hypothesis.target toward more bits of error (default 10; "
-        "0 turns the search off)",
+    if not gate:
+        parser.add_argument(
+            "--search",
+            type=int,
+            default=None,
+            help="targeted examples per implementation, loss, format and regime, "
+            "steered by hypothesis.target toward more bits of error (default 10; "
+            "0 turns the search off)",
+        )
+    parser.add_argument(
+        "--seed", type=int, default=None if gate else 0, help="seed of every random choice"
     )
-    audit.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    audit.add_argument("--grad", action="store_true", help="also measure gradients")
-    audit.add_argument(
+    parser.add_argument(
+        "--grad",
+        action=argparse.BooleanOptionalAction if gate else "store_true",
+        default=None if gate else False,
+        help="also measure gradients",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=None, help="seconds one call may take (default 60)"
     )
-    audit.add_argument(
+    parser.add_argument(
         "--max-ulps",
         type=float,
         default=None,
         help="ULPs tolerated on a well-conditioned input (default 4)",
     )
-    audit.add_argument("--out", required=True, help="directory for the report")
-    audit.set_defaults(run=_audit)
-    return parser
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The audit settings given on the command line, by ``AuditConfig`` field name."""
+    return {
+        "implementations": args.impl, "losses": args.loss, "formats": args.format,
+        "regimes": args.regime, "examples": args.examples, "search": getattr(args, "search", None),
+        "timeout": args.timeout, "max_ulps": args.max_ulps, "seed": args.seed, "grad": args.grad,
+    }  # fmt: skip
 
 
 def _number(text: str) -> float:
@@ -268,15 +340,8 @@ def _audit(args: argparse.Namespace) -> int:
     from stabcheck.audit import AuditConfig, run_audit, terminal_progress
     from stabcheck.report import write_measurements, write_report
 
-    given = {
-        "implementations": args.impl, "losses": args.loss, "formats": args.format,
-        "regimes": args.regime, "examples": args.examples, "search": args.search,
-        "timeout": args.timeout,
-        "max_ulps": args.max_ulps,
-    }  # fmt: skip
-    config = AuditConfig(
-        seed=args.seed, grad=args.grad, **{k: v for k, v in given.items() if v is not None}
-    ).validated()
+    given = {k: v for k, v in _given(args).items() if v is not None}
+    config = AuditConfig(**given).validated()
     result = run_audit(
         config,
         progress=terminal_progress(),
@@ -295,6 +360,65 @@ def _audit(args: argparse.Namespace) -> int:
         print("interrupted: the report holds what was measured", file=sys.stderr)
         return 130
     return 0
+
+
+def _case(text: str) -> Any:
+    from stabcheck.case import Case
+
+    try:
+        return Case.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a case ({exc}); give one as Case.to_json writes it, e.g. "
+            '\'{"loss":"binary_crossentropy","format":"float32","predictions":["0x1p-30"],'
+            '"labels":["0x1p-1"]}\''
+        ) from None
+
+
+def _gate(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from stabcheck.audit import terminal_progress
+    from stabcheck.gate import Tolerance, run_gate
+
+    try:
+        outcome = run_gate(
+            args.baseline,
+            _given(args),
+            update=args.update,
+            corpus_file=args.corpus,
+            add_cases=args.add_case or (),
+            save_failures=args.save_failures,
+            tolerance=Tolerance(args.tolerance_ulps, args.tolerance_fraction),
+            progress=terminal_progress(),
+        )
+    except KeyboardInterrupt:
+        print("stabcheck gate: interrupted; nothing compared or written", file=sys.stderr)
+        return 130
+    if terminal_progress() is not None:
+        print(file=sys.stderr)
+    if outcome.added:
+        print(f"{len(outcome.added)} case(s) added to {outcome.corpus_file}")
+    measured = f"{len(outcome.audit.rows)} measurements of {len(outcome.audit.cases)} cases"
+    if outcome.comparison is None:
+        print(f"wrote {args.baseline}: {len(outcome.obtained.entries)} entries, {measured}")
+        return 0
+    update = f"stabcheck gate --baseline {args.baseline} --update"
+    comparison = outcome.comparison
+    print(comparison.text(args.baseline, update), end="")
+    markdown = comparison.markdown(args.baseline, update)
+    if args.summary:
+        Path(args.summary).write_text(markdown, encoding="utf-8")
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+            f.write(markdown)
+    if comparison.passed:
+        return 0
+    obtained = Path(args.baseline).with_suffix(".obtained.json")
+    outcome.obtained.save(obtained)
+    print(f"the run's entries are in {obtained}, to diff against the baseline")
+    return 1
 
 
 if __name__ == "__main__":

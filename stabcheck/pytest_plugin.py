@@ -29,6 +29,13 @@ every check, ``--stabcheck-regimes a,b`` (or ``all``) the regimes (those that ap
 loss), ``--stabcheck-report DIR`` writes the measurements of the whole session (CSV and
 markdown, as the audit does). Under pytest-xdist each worker sends its measurements to the
 controller, which writes the report.
+
+The gate (``stabcheck.gate``): ``--stabcheck-baseline FILE`` compares what the session's
+checks measured with FILE, per test and function x loss x format x regime x quantity, and
+fails the session (exit status 1) on a regression, listing it in the terminal summary and
+writing the session's entries to ``FILE.obtained.json``; entries of tests that did not run
+are not compared. ``--stabcheck-update-baseline`` writes FILE instead. With a baseline,
+checks that give no seed use seed 0, so the session measures the same cases each time.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ EXAMPLES_OPTION = "--stabcheck-examples"
 SEED_OPTION = "--stabcheck-seed"
 REGIMES_OPTION = "--stabcheck-regimes"
 REPORT_OPTION = "--stabcheck-report"
+BASELINE_OPTION = "--stabcheck-baseline"
+UPDATE_BASELINE_OPTION = "--stabcheck-update-baseline"
 MARKER = "stabcheck"
 SECTION = "stabcheck"
 _WORKER_OUTPUT = "stabcheck"
@@ -100,6 +109,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the session's measurements into DIR: measurements.csv, summary.md, "
         "worst.md, cases.jsonl.gz, run.json",
     )
+    group.addoption(
+        BASELINE_OPTION,
+        metavar="FILE",
+        help="fail the session when a check is less accurate than in this baseline "
+        "(stabcheck gate's format); checks without a seed use seed 0",
+    )
+    group.addoption(
+        UPDATE_BASELINE_OPTION,
+        action="store_true",
+        help=f"write the session's results to the {BASELINE_OPTION} file instead of comparing",
+    )
 
 
 class _Session:
@@ -111,8 +131,15 @@ class _Session:
         self.regimes: tuple[str, ...] | None = config.getoption(REGIMES_OPTION) or None
         report = config.getoption(REPORT_OPTION)
         self.report = Path(config.invocation_params.dir, report) if report else None
+        baseline = config.getoption(BASELINE_OPTION)
+        self.baseline = Path(config.invocation_params.dir, baseline) if baseline else None
+        self.update_baseline: bool = config.getoption(UPDATE_BASELINE_OPTION)
+        if self.baseline is not None and self.seed is None:
+            self.seed = 0  # a baseline compares the same cases every time
         self.worker = hasattr(config, "workerinput")
-        self.keep_rows = self.report is not None or self.worker
+        self.keep_rows = self.report is not None or self.baseline is not None or self.worker
+        self.expected: Any = None  # the baseline, loaded at start (stabcheck.gate.Baseline)
+        self.gate_text = ""
         self.checks: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
         self.cases: dict[str, Any] = {}  # id -> Case, or its dict when it came from a worker
@@ -157,6 +184,21 @@ def pytest_configure(config: pytest.Config) -> None:
             state.regimes = tuple(get_regime(name).name for name in state.regimes)
         except InvalidArgument as exc:
             raise pytest.UsageError(f"{REGIMES_OPTION}: {exc}") from None
+    if state.update_baseline and state.baseline is None:
+        raise pytest.UsageError(f"{UPDATE_BASELINE_OPTION} needs {BASELINE_OPTION} FILE")
+    if state.baseline is not None and not state.update_baseline and not state.worker:
+        from stabcheck.errors import InvalidArgument
+        from stabcheck.gate import Baseline
+
+        try:
+            state.expected = Baseline.load(state.baseline)  # fail now, not after the tests
+        except InvalidArgument as exc:
+            raise pytest.UsageError(
+                f"{BASELINE_OPTION}: {exc}".replace(
+                    f"`stabcheck gate --baseline {state.baseline} --update`",
+                    f"{UPDATE_BASELINE_OPTION}",
+                )
+            ) from None
     config.stash[_STATE] = state
 
 
@@ -164,7 +206,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return None
-    given = {"examples": state.examples, "seed": state.seed, "report": state.report}
+    given = {"examples": state.examples, "seed": state.seed, "report": state.report,
+             "baseline": state.baseline}  # fmt: skip
     if state.regimes:
         given["regimes"] = ",".join(state.regimes)
     parts = [f"{k}={v}" for k, v in given.items() if v is not None]
@@ -314,6 +357,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state.worker:
         session.config.workeroutput[_WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]
         return
+    if state.baseline is not None:
+        _gate(session, state, state.baseline)
     if state.report is None:
         return
     from stabcheck.case import Case
@@ -327,9 +372,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.report_error = f"{type(exc).__name__}: {exc}"
 
 
+def _gate(session: pytest.Session, state: _Session, path: Path) -> None:
+    """Compare the session's entries with the baseline at ``path``, or write them there."""
+    from stabcheck.audit import AuditConfig, AuditResult
+    from stabcheck.gate import Baseline, compare, entries, environment
+
+    rows = [{**row, "implementation": f"{row['implementation']} in {row['test']}"}
+            for row in state.rows]  # fmt: skip
+    corpus = {"source": "pytest", "seed": state.seed, "examples": state.examples}
+    obtained = Baseline(entries(rows), corpus, environment(AuditResult(), AuditConfig()))
+    if state.update_baseline:
+        obtained.save(path)
+        state.gate_text = f"stabcheck: wrote {len(obtained.entries)} entries to {path}"
+        return
+    comparison = compare(state.expected.entries, obtained.entries)
+    update = f"pytest {BASELINE_OPTION} {path} {UPDATE_BASELINE_OPTION}"
+    state.gate_text = comparison.text(str(path), update)
+    if not comparison.passed:
+        obtained_file = path.with_suffix(".obtained.json")
+        obtained.save(obtained_file)
+        state.gate_text += f"the session's entries are in {obtained_file}\n"
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or state.worker or not (state.checks or state.report):
+    if state is None or state.worker:
+        return
+    if state.gate_text:
+        terminalreporter.write_sep("-", "stabcheck gate")
+        for line in state.gate_text.rstrip().splitlines():
+            terminalreporter.write_line(line, red=line.startswith("stabcheck gate: FAILED"))
+    if not (state.checks or state.report):
         return
     failed = sum(1 for c in state.checks if not c["passed"])
     count = len(state.checks)

@@ -43,20 +43,21 @@ def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> l
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = result.frame()
+    summary = summary_markdown(frame, result, config)
+    info = json.dumps(run_info(result, config), indent=2)
     written = [
-        _atomic(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
-        _atomic(out / "cases.jsonl.gz", lambda f: _write_cases(f, result.cases), binary=True),
-        _atomic(out / "summary.md", lambda f: f.write(summary_markdown(frame, result, config))),
-        _atomic(out / "worst.md", lambda f: f.write(worst_markdown(frame, result.cases))),
-        _atomic(out / "run.json", lambda f: f.write(json.dumps(run_info(result, config),
-                                                                indent=2))),
-    ]  # fmt: skip
+        atomic_write(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
+        atomic_write(out / "cases.jsonl.gz", lambda f: write_cases(f, result.cases), binary=True),
+        atomic_write(out / "summary.md", lambda f: f.write(summary)),
+        atomic_write(out / "worst.md", lambda f: f.write(worst_markdown(frame, result.cases))),
+        atomic_write(out / "run.json", lambda f: f.write(info)),
+    ]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
-        written.append(_atomic(out / "measurements.parquet", frame.to_parquet, binary=True))
+        written.append(atomic_write(out / "measurements.parquet", frame.to_parquet, binary=True))
     written.extend(plot(frame, out / "plots"))
     return written
 
@@ -65,7 +66,7 @@ def write_measurements(result: AuditResult, out: str | Path) -> Path:
     """Only the measurements (a checkpoint during a long run)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return _atomic(out / "measurements.csv", lambda f: result.frame().to_csv(f, index=False))
+    return atomic_write(out / "measurements.csv", lambda f: result.frame().to_csv(f, index=False))
 
 
 def load_case(path: str | Path, case_id: str) -> Case:
@@ -347,7 +348,8 @@ def _hex(x: float) -> str:
     return f"{x!r} ({float(x).hex()})" if math.isfinite(x) else repr(x)
 
 
-def _write_cases(f: Any, cases: dict[str, Case]) -> None:
+def write_cases(f: Any, cases: dict[str, Case]) -> None:
+    """Write ``cases`` to the binary file ``f`` as gzipped ``{"id", "case"}`` JSON lines."""
     with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:  # mtime 0: same bytes each run
         for cid, case in cases.items():
             line = json.dumps({"id": cid, "case": case.to_dict()}, separators=(",", ":"))
@@ -402,7 +404,7 @@ def plot(frame: Any, out: Path) -> list[Path]:
         fig.suptitle("numbers: largest bits of error, log2(1 + ULPs)", fontsize=7, y=0.02)
         fig.tight_layout(rect=(0, 0.04, 0.84, 1))
         path = out / f"{impl.replace(':', '_').replace('/', '_')}.png"
-        written.append(_atomic(path, lambda f, fig=fig: fig.savefig(f, dpi=110), binary=True))
+        written.append(atomic_write(path, lambda f, fig=fig: fig.savefig(f, dpi=110), binary=True))
         plt.close(fig)
     return written
 
@@ -410,7 +412,7 @@ def plot(frame: Any, out: Path) -> list[Path]:
 # -- atomic writes ------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
+def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
     """Write through ``write(file)`` into a temporary file beside ``path``, then rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.chmod(tmp, 0o644)

@@ -327,6 +327,61 @@ def test_the_session_report(files, run):
     assert not list(report.glob(".*"))  # no temporary files left behind
 
 
+# -- the gate -------------------------------------------------------------------------------
+
+GATED = """
+from gated_loss import loss
+
+def test_sigmoid(stabcheck):
+    stabcheck.check(loss, "sigmoid_cross_entropy_with_logits", formats="float32",
+                    regimes=["moderate", "saturating"], examples=6,
+                    allow=["inaccurate", "underflow", "overflow", "nan"])
+"""
+
+
+def test_the_gate_fails_the_session_on_a_regression(files, run):
+    def use(name: str) -> None:
+        files.makepyfile(
+            gated_loss=f"from stabcheck.implementations import reference\n\n"
+            f"def loss(x, z):\n    return reference.{name}(x, z)\n"
+        )
+
+    use("stable_sigmoid")
+    files.makepyfile(test_gated=GATED)
+    result = run("--stabcheck-baseline", "b.json", "--stabcheck-update-baseline")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["stabcheck: wrote 2 entries to *b.json"])
+    entries = json.loads((files.path / "b.json").read_text())["entries"]
+    assert {e["implementation"] for e in entries} == {
+        "gated_loss:loss in test_gated.py::test_sigmoid"
+    }
+
+    result = run("--stabcheck-baseline", "b.json", subprocess=True)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["stabcheck gate: passed, nothing worse than *b.json*"])
+
+    use("naive_sigmoid")  # the check itself still passes: it allows every failure
+    result = run("--stabcheck-baseline", "b.json", subprocess=True)
+    assert _outcome(result) == {"passed": 1}
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "stabcheck gate: FAILED, * regression* against *b.json*",
+        "*loss in test_gated.py::test_sigmoid*saturating*overflow*0*",
+        "*pytest --stabcheck-baseline *b.json --stabcheck-update-baseline",
+    ])  # fmt: skip
+    assert (files.path / "b.obtained.json").exists()
+
+
+def test_a_missing_baseline_is_a_usage_error(files, run):
+    files.makepyfile("def test_nothing(): pass")
+    result = run("--stabcheck-baseline", "none.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*none.json does not exist*--stabcheck-update-baseline*"])
+    result = run("--stabcheck-update-baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--stabcheck-update-baseline needs --stabcheck-baseline*"])
+
+
 # -- bad arguments ------------------------------------------------------------------------
 
 

@@ -1,0 +1,556 @@
+"""The regression gate: a deterministic audit compared with a committed baseline.
+
+Modelled on glibc's committed per-function ULP tables, but finer: the baseline holds one
+entry per implementation x loss x format x regime x quantity (value or gradient), with
+the count of every status and the largest and median ULPs. A fresh run is **worse**
+(``compare`` lists a regression, the gate exits 1) when, for some entry,
+
+* a status other than ``ok`` is counted more often than in the baseline (a new class of
+  failure, such as the first ``nan``, is a count growing from zero; each status is its own
+  class, so an overflow that turns into an underflow is an improvement and a regression);
+* the max or median ULPs grow by more than the tolerance: ``max(ulps, fraction * old)``
+  (defaults 1 ULP and 25%, ``Tolerance``), so a different libm's last bit passes and a
+  real loss of accuracy does not;
+* an entry of the baseline is no longer measured although it is selected;
+* an entry that the baseline does not know has a status other than ``ok``.
+
+The reverse changes are improvements: the gate passes and suggests ``--update``.
+
+The corpus is fixed: the audit's seeded cases (no targeted search, whose cases depend on
+what the implementation returns) plus a **regression corpus**, a readable file with one
+case per line as ``Case.to_json`` writes it (hex floats; ``#`` comments allowed). Its
+cases are measured as the regime ``corpus``. ULPs are taken over the measurements that
+have a finite count (a NaN result has none; its status says it all).
+
+The baseline is JSON, sorted, one entry per line, with the corpus it was measured on and
+the versions of what measured it, so that two runs with the same seed write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabcheck.case import Case
+from stabcheck.errors import InvalidArgument
+from stabcheck.measure import OK, SEVERITY, STATUSES
+
+FORMAT_VERSION = 1
+CORPUS_REGIME = "corpus"
+KEY_FIELDS = ("implementation", "loss", "format", "regime", "quantity")
+Key = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far max and median ULPs may grow before the gate calls it a regression:
+    more than ``max(ulps, fraction * baseline)``."""
+
+    ulps: float = 1.0
+    fraction: float = 0.25
+
+    def slack(self, old: float) -> float:
+        return max(self.ulps, self.fraction * old)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one implementation x loss x format x regime x quantity measured."""
+
+    key: Key
+    measurements: int
+    statuses: Mapping[str, int]
+    max_ulps: float | None
+    median_ulps: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dict(zip(KEY_FIELDS, self.key, strict=True)),
+            "measurements": self.measurements,
+            "statuses": dict(self.statuses),
+            "max_ulps": _number(self.max_ulps),
+            "median_ulps": _number(self.median_ulps),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Entry:
+        unknown = sorted(set(data["statuses"]) - set(STATUSES))
+        if unknown:
+            raise ValueError(f"unknown status {unknown[0]!r} (statuses: {', '.join(STATUSES)})")
+        return cls(
+            key=tuple(str(data[k]) for k in KEY_FIELDS),  # type: ignore[arg-type]
+            measurements=int(data["measurements"]),
+            statuses={str(k): int(v) for k, v in data["statuses"].items()},
+            max_ulps=None if data["max_ulps"] is None else float(data["max_ulps"]),
+            median_ulps=None if data["median_ulps"] is None else float(data["median_ulps"]),
+        )
+
+
+def _number(x: float | None) -> float | int | None:
+    return None if x is None else int(x) if float(x).is_integer() else x
+
+
+def entries(rows: Iterable[Mapping[str, Any]]) -> dict[Key, Entry]:
+    """Summarise measurement rows (the audit's ``COLUMNS``) into baseline entries."""
+    groups: dict[Key, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        regime = CORPUS_REGIME if row.get("origin") == "corpus" else row["regime"]
+        key = (row["implementation"], row["loss"], row["format"], regime, row["quantity"])
+        groups[key].append(row)
+    out = {}
+    for key in sorted(groups):
+        members = groups[key]
+        counts = Counter(str(r["status"]) for r in members)
+        ulps = [float(u) for r in members if (u := r.get("ulps")) is not None and math.isfinite(u)]
+        out[key] = Entry(
+            key=key,
+            measurements=len(members),
+            statuses={s: counts[s] for s in sorted(counts, key=SEVERITY.__getitem__)},
+            max_ulps=max(ulps) if ulps else None,
+            median_ulps=statistics.median(ulps) if ulps else None,
+        )
+    return out
+
+
+# -- the baseline file ----------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    """Entries, the corpus they were measured on, and the environment that measured them."""
+
+    entries: dict[Key, Entry]
+    corpus: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        """JSON with sorted keys and one entry per line, for readable diffs."""
+        head = {
+            "stabcheck_baseline": FORMAT_VERSION,
+            "corpus": self.corpus,
+            "environment": dict(sorted(self.environment.items())),
+        }
+        lines = ["{"]
+        for name, value in head.items():
+            lines.append(f"  {json.dumps(name)}: {json.dumps(value, sort_keys=True)},")
+        body = [json.dumps(self.entries[k].to_dict()) for k in sorted(self.entries)]
+        lines.append('  "entries": [')
+        lines += [f"    {line}," for line in body[:-1]] + [f"    {line}" for line in body[-1:]]
+        lines += ["  ]", "}"]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        from stabcheck.report import atomic_write
+
+        return atomic_write(Path(path), lambda f: f.write(self.dumps()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Baseline:
+        """Read a baseline; ``InvalidArgument`` says what is wrong with a missing or
+        damaged file and how to write a new one."""
+        path = Path(path)
+        fix = f"write one with `stabcheck gate --baseline {path} --update`"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidArgument(f"baseline {path} does not exist; {fix}") from None
+        except OSError as exc:
+            raise InvalidArgument(f"baseline {path} cannot be read ({exc})") from None
+        try:
+            data = json.loads(text)
+            if data.get("stabcheck_baseline") != FORMAT_VERSION:
+                raise ValueError(
+                    f"stabcheck_baseline is {data.get('stabcheck_baseline')!r}, "
+                    f"expected {FORMAT_VERSION}"
+                )
+            found = [Entry.from_dict(e) for e in data["entries"]]
+            return cls(
+                entries={e.key: e for e in found},
+                corpus=dict(data.get("corpus", {})),
+                environment=dict(data.get("environment", {})),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidArgument(
+                f"baseline {path} is not a stabcheck baseline ({what}); restore it from "
+                f"version control or {fix}"
+            ) from None
+
+
+# -- comparing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the baseline and the run, in one entry."""
+
+    key: Key
+    what: str  # a status, "max ULPs", "median ULPs", "measured" or "entry"
+    before: Any
+    after: Any
+
+
+@dataclass
+class Comparison:
+    """Regressions fail the gate; improvements and new entries suggest ``--update``."""
+
+    regressions: list[Change] = field(default_factory=list)
+    improvements: list[Change] = field(default_factory=list)
+    compared: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+    def headline(self, baseline: str) -> str:
+        if self.regressions:
+            return (
+                f"stabcheck gate: FAILED, {_plural(len(self.regressions), 'regression')} "
+                f"against {baseline} ({_plural(self.compared, 'entry', 'entries')} compared)"
+            )
+        better = f"; {_plural(len(self.improvements), 'improvement')}" if self.improvements else ""
+        return (
+            f"stabcheck gate: passed, nothing worse than {baseline} "
+            f"({_plural(self.compared, 'entry', 'entries')} compared{better})"
+        )
+
+    def text(self, baseline: str, update: str) -> str:
+        """The terminal report: headline, aligned tables, what to do."""
+        lines = [self.headline(baseline)]
+        for title, changes in self._sections():
+            if changes:
+                lines += ["", f"{title}:", *_aligned([_HEADER] + [_cells(c) for c in changes])]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.regressions:
+            lines += ["", f"If the change is intended, rewrite the baseline: {update}"]
+        elif self.improvements:
+            lines += ["", f"Things got better; record them: {update}"]
+        return "\n".join(lines) + "\n"
+
+    def markdown(self, baseline: str, update: str) -> str:
+        """The same as a markdown summary (for ``$GITHUB_STEP_SUMMARY``)."""
+        lines = [f"## {self.headline(baseline)}", ""]
+        for title, changes in self._sections():
+            if changes:
+                lines += [f"### {title.capitalize()}", ""]
+                lines += ["| " + " | ".join(_HEADER) + " |", "|" + " --- |" * len(_HEADER)]
+                lines += ["| " + " | ".join(_cells(c)) + " |" for c in changes]
+                lines.append("")
+        lines += [f"- {n}" for n in self.notes]
+        if self.regressions or self.improvements:
+            lines += ["", f"To record the new results: `{update}`"]
+        return "\n".join(lines) + "\n"
+
+    def _sections(self) -> list[tuple[str, list[Change]]]:
+        return [("regressions", self.regressions), ("improvements", self.improvements)]
+
+
+_HEADER = [*KEY_FIELDS, "what", "baseline", "now"]
+
+
+def _cells(change: Change) -> list[str]:
+    return [*change.key, change.what, _show(change.before), _show(change.after)]
+
+
+def _show(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return "-" if x is None else str(x)
+
+
+def _plural(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def compare(
+    baseline: Mapping[Key, Entry],
+    run: Mapping[Key, Entry],
+    tolerance: Tolerance = Tolerance(),
+    expected: Iterable[Key] | None = None,
+) -> Comparison:
+    """Compare the run's entries with the baseline's. ``expected`` are the baseline keys
+    the run should have measured (missing ones are regressions); ``None`` compares only the
+    keys the run has (a partial test session)."""
+    result = Comparison()
+    for key in sorted(set(expected or ()) - set(run)):
+        if key in baseline:
+            result.regressions.append(Change(key, "measured", "yes", "no longer"))
+    for key in sorted(run):
+        new = run[key]
+        old = baseline.get(key)
+        if old is None:
+            failing = [Change(key, s, "not in baseline", n) for s, n in new.statuses.items()
+                       if s != OK]  # fmt: skip
+            if failing:
+                result.regressions += failing
+            else:
+                result.improvements.append(Change(key, "entry", "not in baseline", "all ok"))
+            continue
+        result.compared += 1
+        for status in sorted((set(old.statuses) | set(new.statuses)) - {OK}, key=SEVERITY.get):
+            before, after = old.statuses.get(status, 0), new.statuses.get(status, 0)
+            if after > before:
+                result.regressions.append(Change(key, status, before, after))
+            elif after < before:
+                result.improvements.append(Change(key, status, before, after))
+        for what, before, after in (
+            ("max ULPs", old.max_ulps, new.max_ulps),
+            ("median ULPs", old.median_ulps, new.median_ulps),
+        ):
+            if before is None or after is None:
+                continue
+            if after > before + tolerance.slack(before):
+                result.regressions.append(Change(key, what, before, after))
+            elif after < before - tolerance.slack(before):
+                result.improvements.append(Change(key, what, before, after))
+    return result
+
+
+# -- the regression corpus ------------------------------------------------------------------
+
+
+def load_corpus(path: str | Path) -> list[Case]:
+    """The cases of a corpus file (none if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            cases.append(Case.from_json(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(
+                f"{path}:{number} is not a case ({exc}); each line holds one case as "
+                "Case.to_json writes it, e.g. from worst.md or a failing check"
+            ) from None
+    return cases
+
+
+def add_to_corpus(path: str | Path, cases: Sequence[Case]) -> list[Case]:
+    """Append the cases that the corpus does not hold yet; return those added."""
+    from stabcheck.report import atomic_write
+
+    path = Path(path)
+    have = load_corpus(path)
+    known = {c.id for c in have}
+    added = []
+    for case in cases:
+        if case.id not in known:
+            known.add(case.id)
+            added.append(case)
+    if added:
+        text = path.read_text(encoding="utf-8") if path.exists() else _CORPUS_HEADER
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += "".join(c.to_json() + "\n" for c in added)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(text))
+    return added
+
+
+_CORPUS_HEADER = (
+    "# stabcheck regression corpus: one case per line (Case.to_json, hex floats).\n"
+    "# `stabcheck gate` measures every case here as the regime 'corpus'.\n"
+)
+
+
+def failing_units(rows: Iterable[Mapping[str, Any]], cases: Mapping[str, Case]) -> list[Case]:
+    """The worst failing row or element of each implementation x loss x format x quantity x
+    status, cut out of its case: the smallest cases that show each failure."""
+    worst: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for row in rows:
+        if row["status"] == OK or row["case_id"] not in cases:
+            continue
+        group = (row["implementation"], row["loss"], row["format"], row["quantity"], row["status"])
+        best = worst.get(group)
+        if best is None or _ulps(row) > _ulps(best):
+            worst[group] = row
+    units = []
+    for group in sorted(worst):
+        row = worst[group]
+        case = cases[row["case_id"]]
+        index = str(row.get("index", ""))
+        if index:
+            position = tuple(int(i) for i in index.split(","))
+            units.append(case.unit(position[:1] if case.loss.rowwise else position))
+        else:
+            units.append(case)
+    return units
+
+
+def _ulps(row: Mapping[str, Any]) -> float:
+    u = row.get("ulps")
+    return float(u) if u is not None and not math.isnan(u) else math.inf
+
+
+# -- running the gate -----------------------------------------------------------------------
+
+CORPUS_SETTINGS = ("seed", "examples", "grad", "max_ulps")  # what makes the corpus
+SELECTION = ("implementations", "losses", "formats", "regimes")  # what may be narrowed
+
+
+def corpus_file_for(baseline: str | Path) -> Path:
+    """The regression corpus beside a baseline: ``baseline.json`` -> ``baseline.cases.jsonl``."""
+    return Path(baseline).with_suffix(".cases.jsonl")
+
+
+@dataclass
+class GateResult:
+    """What a gate run measured and, unless it rewrote the baseline, how it compares."""
+
+    audit: Any  # stabcheck.audit.AuditResult
+    obtained: Baseline  # the run as a baseline: what update writes
+    comparison: Comparison | None = None  # None when the baseline was rewritten
+    corpus_file: Path | None = None
+    added: list[Case] = field(default_factory=list)  # cases added to the corpus
+
+
+def run_gate(
+    baseline: str | Path,
+    given: Mapping[str, Any] | None = None,
+    update: bool = False,
+    corpus_file: str | Path | None = None,
+    add_cases: Sequence[Case] = (),
+    save_failures: bool = False,
+    tolerance: Tolerance = Tolerance(),
+    progress: Any = None,
+) -> GateResult:
+    """Run the audit on the baseline's corpus and compare, or (``update``) rewrite it.
+
+    ``given`` holds the audit settings from the command line (``AuditConfig`` field names;
+    ``None`` for those not given): the selection may narrow the baseline's, the corpus
+    settings must match it unless ``update``. ``add_cases`` go into the regression corpus
+    first; ``save_failures`` (with ``update``) adds the smallest failing case of each kind.
+    ``InvalidArgument`` or ``AdapterUnavailable`` mean the gate could not run.
+    """
+    from stabcheck.audit import run_audit
+
+    path = Path(baseline)
+    if save_failures and not update:
+        raise InvalidArgument(
+            "save_failures adds the failing cases to the corpus, which the baseline must "
+            "then record: use it together with update (--save-failures --update)"
+        )
+    old = None if update and not path.exists() else Baseline.load(path)
+    config = gate_config(old, given or {}, update)
+    if corpus_file is None:
+        recorded = old.corpus.get("corpus_file") if old else None
+        corpus_file = path.parent / recorded if recorded else corpus_file_for(path)
+    corpus_file = Path(corpus_file)
+    added = add_to_corpus(corpus_file, list(add_cases)) if add_cases else []
+    audit = run_audit(config, progress=progress, corpus=load_corpus(corpus_file))
+    _check_complete(audit)
+    if save_failures:
+        new_cases = add_to_corpus(corpus_file, failing_units(audit.rows, audit.cases))
+        if new_cases:
+            extra = run_audit(config, corpus=new_cases, draw=False)
+            _check_complete(extra)
+            audit.rows.extend(extra.rows)
+            audit.cases.update(extra.cases)
+            added += new_cases
+    record = corpus_record(config, audit, corpus_file, path, len(load_corpus(corpus_file)))
+    obtained = Baseline(entries(audit.rows), record, environment(audit, config))
+    if update:
+        obtained.save(path)
+        return GateResult(audit, obtained, None, corpus_file, added)
+    if old is None:  # only when update made it optional
+        raise InvalidArgument(f"baseline {path} does not exist")
+    comparison = compare(old.entries, obtained.entries, tolerance, expected_keys(old, config))
+    comparison.notes += [
+        f"{name} was {old.environment[name]} in the baseline, now {value}"
+        for name, value in sorted(obtained.environment.items())
+        if name in old.environment and old.environment[name] != value
+    ]
+    return GateResult(audit, obtained, comparison, corpus_file, added)
+
+
+def _check_complete(audit: Any) -> None:
+    if audit.interrupted:
+        raise KeyboardInterrupt
+    if audit.oracle_failures:
+        raise InvalidArgument(
+            f"the oracle could not certify {len(audit.oracle_failures)} case(s) "
+            f"({audit.oracle_failures[0]}); the gate needs every case measured"
+        )
+
+
+def gate_config(baseline: Baseline | None, given: Mapping[str, Any], update: bool) -> Any:
+    """The audit configuration of a gate run: the baseline's corpus, narrowed by ``given``."""
+    from stabcheck.audit import DEFAULT_TIMEOUT, AuditConfig
+
+    recorded = baseline.corpus if baseline else {}
+    settings: dict[str, Any] = {}
+    for name in (*SELECTION, *CORPUS_SETTINGS):
+        value, old = given.get(name), recorded.get(name)
+        if value is None:
+            value = old
+        elif name in CORPUS_SETTINGS and not update and old is not None and value != old:
+            raise InvalidArgument(
+                f"{name}={value!r} differs from the baseline's {name}={old!r}: the gate "
+                "compares the same corpus; drop the option, or rewrite the baseline with update"
+            )
+        if value is not None:
+            settings[name] = tuple(value) if name in SELECTION else value
+    timeout = given.get("timeout") or DEFAULT_TIMEOUT
+    return AuditConfig(search=0, timeout=timeout, **settings).validated()
+
+
+def corpus_record(config: Any, audit: Any, corpus_file: Path, baseline: Path, cases: int) -> dict:
+    """What the baseline says about its corpus: enough to measure the same one again."""
+    try:
+        name = str(corpus_file.resolve().relative_to(baseline.resolve().parent))
+    except ValueError:
+        name = str(corpus_file)
+    return {
+        "seed": config.seed,
+        "examples": config.examples,
+        "grad": config.grad,
+        "max_ulps": config.max_ulps,
+        "implementations": sorted(audit.implementations),
+        "losses": None if config.losses is None else sorted(config.losses),
+        "formats": None if config.formats is None else sorted(config.formats),
+        "regimes": None if config.regimes is None else sorted(config.regimes),
+        "corpus_file": name,
+        "corpus_cases": cases,
+    }
+
+
+def environment(audit: Any, config: Any) -> dict[str, str]:
+    """The versions of what measured: Python, the core packages, the audited libraries."""
+    from stabcheck.report import run_info
+
+    info = run_info(audit, config)
+    versions = {k: str(v) for k, v in info["versions"].items() if k != "platform"}
+    return {**versions, **{k: str(v) for k, v in info["libraries"].items()}}
+
+
+def expected_keys(baseline: Baseline, config: Any) -> list[Key]:
+    """The baseline's keys that a run of ``config`` measures."""
+    from stabcheck.formats import get_format
+    from stabcheck.losses import get_loss
+
+    def chosen(values: Sequence[str] | None, name: str, canonical: Any = str) -> bool:
+        return values is None or name in {canonical(v) for v in values}
+
+    return [
+        key
+        for key in baseline.entries
+        if chosen(config.implementations, key[0])
+        and chosen(config.losses, key[1], lambda v: get_loss(v).name)
+        and chosen(config.formats, key[2], lambda v: get_format(v).name)
+        and (key[3] == CORPUS_REGIME or chosen(config.regimes, key[3]))
+    ]

@@ -1,0 +1,213 @@
+"""The regression gate: unchanged passes, degraded fails with a readable list, improved
+passes with the suggestion, a bad baseline exits 2, the corpus is re-run, and baselines
+are deterministic."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+
+from stabcheck import cli
+from stabcheck.case import Case
+from stabcheck.gate import Baseline, Entry, Tolerance, compare, entries, load_corpus
+
+LOSS = "sigmoid_cross_entropy_with_logits"
+IMPL = "gate_losses:loss"
+SELECTION = ["--impl", IMPL, "--loss", LOSS, "--format", "float32", "--examples", "3",
+             "--regime", "moderate", "--regime", "saturating"]  # fmt: skip
+
+
+@pytest.fixture
+def swap(tmp_path, monkeypatch):
+    """``swap(name)`` makes ``gate_losses:loss`` the reference function ``name``."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+    def to(name: str) -> None:
+        (tmp_path / "gate_losses.py").write_text(
+            f"from stabcheck.implementations.reference import {name} as loss\n"
+        )
+        sys.modules.pop("gate_losses", None)
+        importlib.invalidate_caches()
+
+    yield to
+    sys.modules.pop("gate_losses", None)
+
+
+def gate(*args: str) -> int:
+    return cli.main(["gate", "--baseline", "baseline.json", *args])
+
+
+def test_an_unchanged_implementation_passes(swap, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    assert "wrote baseline.json" in capsys.readouterr().out
+    assert gate() == 0  # the selection comes from the baseline
+    out = capsys.readouterr().out
+    assert "passed, nothing worse" in out and "regressions" not in out
+
+
+def test_a_degraded_implementation_fails_with_a_readable_list(swap, tmp_path, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    swap("naive_sigmoid")  # the textbook formula under the same name
+    capsys.readouterr()
+    assert gate() == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "regressions:" in out
+    line = next(x for x in out.splitlines() if " overflow " in x)
+    assert IMPL in line and LOSS in line and "saturating" in line
+    assert "stabcheck gate --baseline baseline.json --update" in out
+    obtained = Baseline.load(tmp_path / "baseline.obtained.json")
+    statuses = [e.statuses for e in obtained.entries.values()]
+    assert any("overflow" in s for s in statuses)
+
+
+def test_an_improvement_passes_and_suggests_update(swap, capsys):
+    swap("naive_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    swap("accurate_sigmoid")
+    capsys.readouterr()
+    assert gate() == 0
+    out = capsys.readouterr().out
+    assert "improvement" in out and "record them: stabcheck gate" in out
+
+
+def test_two_runs_with_the_same_seed_write_identical_baselines(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    selection = [x if x != IMPL else "naive" for x in SELECTION]
+    assert gate("--update", *selection, "--grad") == 0
+    first = (tmp_path / "baseline.json").read_bytes()
+    assert gate("--update") == 0  # the baseline's own settings
+    assert (tmp_path / "baseline.json").read_bytes() == first
+    data = json.loads(first)
+    assert data["corpus"]["seed"] == 0 and data["corpus"]["grad"] is True
+    assert {e["quantity"] for e in data["entries"]} == {"value", "gradient"}
+
+
+def test_the_regression_corpus_is_rerun(swap, tmp_path, capsys):
+    swap("naive_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    # a case that fails, added by hand: a regression in the regime 'corpus'
+    case = Case.build(LOSS, [-800.0], [0.0], format="float32")
+    capsys.readouterr()
+    assert gate("--add-case", case.to_json()) == 1
+    out = capsys.readouterr().out
+    assert "1 case(s) added to baseline.cases.jsonl" in out
+    assert any(" corpus " in x and "not in baseline" in x for x in out.splitlines())
+    assert [c.id for c in load_corpus(tmp_path / "baseline.cases.jsonl")] == [case.id]
+    # recorded, it passes; saving failures adds one smallest case per kind, then passes too
+    assert gate("--update") == 0
+    assert gate("--update", "--save-failures") == 0
+    saved = load_corpus(tmp_path / "baseline.cases.jsonl")
+    assert len(saved) > 1 and all(c.predictions.size == 1 for c in saved)
+    assert json.loads((tmp_path / "baseline.json").read_text())["corpus"]["corpus_cases"] == len(
+        saved
+    )
+    assert gate() == 0
+
+
+def test_the_summary_goes_to_the_ci_step_summary(swap, tmp_path, monkeypatch, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    swap("naive_sigmoid")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "step.md"))
+    assert gate("--summary", "gate.md") == 1
+    text = (tmp_path / "step.md").read_text()
+    assert text == (tmp_path / "gate.md").read_text()
+    assert text.startswith("## stabcheck gate: FAILED") and "| overflow |" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist; write one with `stabcheck gate --baseline"),
+        ('{"stabcheck_baseline": 1, "entries": [', "is not a stabcheck baseline (Expecting"),
+        ('{"stabcheck_baseline": 7, "entries": []}', "stabcheck_baseline is 7, expected 1"),
+        ('{"stabcheck_baseline": 1}', "KeyError: 'entries'"),
+        (
+            '{"stabcheck_baseline": 1, "entries": [{"implementation": "naive", "loss": "x", '
+            '"format": "float32", "regime": "moderate", "quantity": "value", '
+            '"measurements": 1, "statuses": {"fine": 1}, "max_ulps": 0, "median_ulps": 0}]}',
+            "unknown status 'fine'",
+        ),
+    ],
+)
+def test_a_missing_or_damaged_baseline_exits_2(tmp_path, monkeypatch, capsys, content, message):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "baseline.json").write_text(content)
+    assert gate() == 2
+    err = capsys.readouterr().err
+    assert message in err and "--update" in err
+
+
+def test_a_gate_that_cannot_run_exits_2(swap, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    assert gate("--seed", "1") == 2  # another corpus than the baseline's
+    assert "seed=1 differs from the baseline's seed=0" in capsys.readouterr().err
+    assert gate("--impl", "no_such_family") == 2
+    assert "no_such_family" in capsys.readouterr().err
+    assert gate("--save-failures") == 2
+    assert "together with update" in capsys.readouterr().err
+
+
+# -- compare, on hand-made entries -----------------------------------------------------------
+
+KEY = ("impl", LOSS, "float32", "moderate", "value")
+
+
+def entry(statuses, max_ulps=2.0, median_ulps=0.0, key=KEY):
+    return Entry(key, sum(statuses.values()), statuses, max_ulps, median_ulps)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "regressions", "improvements"),
+    [
+        (entry({"ok": 8}), entry({"ok": 8}), [], []),
+        (entry({"ok": 8}), entry({"ok": 7, "nan": 1}), [("nan", 0, 1)], []),
+        (entry({"ok": 6, "clipped": 2}), entry({"ok": 7, "clipped": 1}), [], [("clipped", 2, 1)]),
+        # each status is its own class: an overflow that turns into an underflow is both
+        (entry({"ok": 7, "overflow": 1}), entry({"ok": 7, "underflow": 1}),
+         [("underflow", 0, 1)], [("overflow", 1, 0)]),
+        (entry({"ok": 8}, max_ulps=2), entry({"ok": 8}, max_ulps=3), [], []),  # within 1 ULP
+        (entry({"ok": 8}, max_ulps=2), entry({"ok": 8}, max_ulps=4), [("max ULPs", 2, 4)], []),
+        (entry({"ok": 8}, max_ulps=400), entry({"ok": 8}, max_ulps=490), [], []),  # within 25%
+        (entry({"ok": 8}, median_ulps=400), entry({"ok": 8}, median_ulps=200), [],
+         [("median ULPs", 400, 200)]),
+    ],
+)  # fmt: skip
+def test_compare_applies_the_documented_rules(before, after, regressions, improvements):
+    result = compare({KEY: before}, {KEY: after}, Tolerance())
+    assert [(c.what, c.before, c.after) for c in result.regressions] == regressions
+    assert [(c.what, c.before, c.after) for c in result.improvements] == improvements
+    assert result.passed is not regressions
+
+
+def test_compare_new_and_missing_entries():
+    other = (*KEY[:3], "tiny", "value")
+    run = {other: entry({"ok": 3, "underflow": 1}, key=other)}
+    result = compare({KEY: entry({"ok": 8})}, run, expected=[KEY])
+    assert [(c.key, c.what) for c in result.regressions] == [
+        (KEY, "measured"),
+        (other, "underflow"),
+    ]
+    assert compare({KEY: entry({"ok": 8})}, {}, expected=None).passed  # a partial session
+
+
+def test_entries_summarise_rows():
+    rows = [
+        {"implementation": "a", "loss": LOSS, "format": "float32", "regime": "tiny",
+         "origin": origin, "quantity": "value", "status": status, "ulps": ulps}
+        for origin, status, ulps in [("drawn", "ok", 0.0), ("drawn", "inaccurate", 9.0),
+                                     ("drawn", "nan", float("inf")), ("corpus", "ok", 1.0)]
+    ]  # fmt: skip
+    found = entries(rows)
+    tiny = found[("a", LOSS, "float32", "tiny", "value")]
+    assert tiny.statuses == {"ok": 1, "inaccurate": 1, "nan": 1}
+    assert (tiny.max_ulps, tiny.median_ulps) == (9.0, 4.5)  # the NaN's infinite count is left out
+    assert found[("a", LOSS, "float32", "corpus", "value")].measurements == 1
