@@ -119,12 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         "--tolerance-ulps",
         type=float,
         default=1.0,
+        metavar="N",
         help="growth of max/median ULPs always tolerated (default 1)",
     )
     gate.add_argument(
         "--tolerance-fraction",
         type=float,
         default=0.25,
+        metavar="F",
         help="growth of max/median ULPs tolerated as a fraction of the baseline (default 0.25)",
     )
     _selection(gate, gate=True)

@@ -55,6 +55,13 @@ class Tolerance:
     ulps: float = 1.0
     fraction: float = 0.25
 
+    def __post_init__(self) -> None:
+        for name in ("ulps", "fraction"):
+            if not getattr(self, name) >= 0:
+                raise InvalidArgument(
+                    f"tolerance {name}={getattr(self, name)!r} must be a non-negative number"
+                )
+
     def slack(self, old: float) -> float:
         return max(self.ulps, self.fraction * old)
 

@@ -154,6 +154,8 @@ def test_a_gate_that_cannot_run_exits_2(swap, capsys):
     assert "no_such_family" in capsys.readouterr().err
     assert gate("--save-failures") == 2
     assert "together with update" in capsys.readouterr().err
+    assert gate("--tolerance-ulps", "-1") == 2
+    assert "ulps=-1.0 must be a non-negative number" in capsys.readouterr().err
 
 
 # -- compare, on hand-made entries -----------------------------------------------------------
