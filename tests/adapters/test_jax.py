@@ -20,6 +20,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 
+from adapter_helpers import beyond, python_output
+
 from stabcheck.audit import AuditConfig, run_audit
 from stabcheck.case import Case
 from stabcheck.formats import get_format
@@ -156,14 +158,6 @@ def returned(tmp_path_factory):
             process.wait()
 
 
-def _describe(rows) -> str:
-    return "; ".join(
-        f"[{','.join(map(str, m.index))}] got {m.got!r} expected {m.expected!r} "
-        f"({m.ulps:g} ulps, {m.status})"
-        for m in rows
-    )
-
-
 def _statuses(case: Case, values, gradient) -> tuple[list[str], list[str]]:
     exact = evaluate(case, grad=True)
     return (
@@ -197,11 +191,7 @@ def test_importing_the_adapters_imports_neither_jax_nor_optax():
         "assert len(implementations(names=['jax.nn.log_softmax'])) == 2; "
         "print(sorted(m for m in ('jax', 'jaxlib', 'optax') if m in sys.modules))"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    assert python_output(code).strip() == "[]"
 
 
 # -- ordinary inputs, and the formats declared ---------------------------------------------
@@ -213,12 +203,10 @@ def test_values_and_gradients_agree_with_the_oracle_on_ordinary_inputs(returned,
     case, values, gradient, note = returned[name, loss, "ordinary", fmt]
     assert note == ""  # returned in the case's dtype: float64 is float64 (x64 on)
     exact = evaluate(case, grad=True)
-    bad = [m for m in measure(exact, values) if m.status != "ok" or m.ulps > 4]
-    assert not bad, f"{name} {loss} {fmt} value: {_describe(bad)}"
+    message = beyond(measure(exact, values), 4, "value", case, ok=True)
     # Y p_i - y_i cancels a little with soft labels: within tolerance, a few ulps more
-    rows = measure(exact, gradient, gradient=True)
-    bad = [m for m in rows if m.status != "ok" or m.ulps > 16]
-    assert not bad, f"{name} {loss} {fmt} gradient: {_describe(bad)}"
+    message += beyond(measure(exact, gradient, gradient=True), 16, "gradient", case, ok=True)
+    assert not message, f"{name}: {message}"
 
 
 @pytest.mark.parametrize("fmt", ["float16", "bfloat16"])
@@ -227,12 +215,9 @@ def test_the_half_formats_declared_work(returned, name, loss, fmt):
     case, values, gradient, note = returned[name, loss, "ordinary", fmt]
     assert note == ""  # loss and gradient in the case's dtype
     exact = evaluate(case, grad=True)
-    bad = [
-        m
-        for m in measure(exact, values) + measure(exact, gradient, gradient=True)
-        if m.status != "ok"
-    ]
-    assert not bad, f"{name} {loss} {fmt}: {_describe(bad)}"
+    message = beyond(measure(exact, values), None, "value", case)
+    message += beyond(measure(exact, gradient, gradient=True), None, "gradient", case)
+    assert not message, f"{name}: {message}"
 
 
 # -- masked classes: -inf logits under zero labels ----------------------------------------

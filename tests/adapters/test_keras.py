@@ -25,14 +25,16 @@ from stabcheck.implementations.backends import installed
 if not installed("keras"):
     pytest.skip("keras is not installed", allow_module_level=True)
 
+from adapter_helpers import ORDINARY_ULPS, beyond, ordinary_case, python_output, run, statuses
+
 import stabcheck.implementations.keras as adapter
 from stabcheck.audit import AuditConfig, invoke, run_audit
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable
 from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import get_implementation, implementations
-from stabcheck.losses import InputKind, LabelKind, get_loss
-from stabcheck.measure import Measurement, measure
+from stabcheck.losses import LabelKind
+from stabcheck.measure import measure
 from stabcheck.oracle import evaluate
 
 INF = math.inf
@@ -49,48 +51,6 @@ FUNCTIONS = (
 PAIRS = [(function, loss) for function, *losses in FUNCTIONS for loss in losses]
 IDS = [f"{function}-{loss}" for function, loss in PAIRS]
 BACKENDS = [b for b in ("tensorflow", "jax", "torch") if installed(b)]
-# ordinary inputs stay within this many ULPs of the loss (the most seen: 4)
-ORDINARY_ULPS = 8
-
-
-def _ordinary_case(loss: str, fmt: str, seed: int = 0) -> Case:
-    """Moderate logits (|x| <= 2) or probabilities in [0.05, 0.95] (rows normalised)."""
-    rng = np.random.default_rng(seed)
-    spec = get_loss(loss)
-    logits = spec.inputs is InputKind.LOGITS
-    if spec.rowwise:
-        x = rng.uniform(-2, 2, (4, 5)) if logits else rng.dirichlet(np.full(5, 4.0), 4)
-        if spec.labels is LabelKind.SPARSE:
-            y = rng.integers(0, 5, 4)
-        else:
-            y = rng.uniform(0, 1, (4, 5))
-            y /= y.sum(axis=1, keepdims=True)
-    else:
-        x = rng.uniform(-2, 2, 8) if logits else rng.uniform(0.05, 0.95, 8)
-        y = rng.choice([0.0, 1.0, 0.25, 0.75], 8)
-    return Case.build(loss, x, y, format=fmt)
-
-
-def _beyond(rows: list[Measurement], max_ulps: float | None, what: str, case: Case) -> str:
-    """'' if every row is within ``max_ulps`` (None: has status ok), else a message naming
-    the worst of them."""
-    if max_ulps is None:
-        bad = [m for m in rows if m.status != "ok"]
-    else:
-        bad = [m for m in rows if not m.ulps <= max_ulps]
-    if not bad:
-        return ""
-    lines = [
-        f"{what}[{', '.join(map(str, m.index))}]: got {m.got!r}, expected {m.expected!r} "
-        f"({m.ulps:g} ULPs, {m.status})"
-        for m in sorted(bad, key=lambda m: -m.ulps)[:5]
-    ]
-    limit = f"{max_ulps} ULPs" if max_ulps is not None else "the audit's tolerance"
-    return (
-        f"{len(bad)} of {len(rows)} {what} elements beyond {limit}:\n  "
-        + "\n  ".join(lines)
-        + f"\ncase: {case.to_json()}\n"
-    )
 
 
 def _renormalised_gradient(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +70,8 @@ def _check_ordinary(function: str, loss: str, case: Case, values, gradient, note
     gradients ok against the oracle (against the renormalised gradient for the categorical
     probability losses, which Keras renormalises: documented)."""
     exact = evaluate(case, grad=True)
-    message = _beyond(measure(exact, values), ORDINARY_ULPS, "value", case)
+    # ordinary inputs stay within ORDINARY_ULPS (8) of the loss (the most seen: 4)
+    message = beyond(measure(exact, values), ORDINARY_ULPS, "value", case)
     if loss in (CATEGORICAL, SPARSE_CATEGORICAL):
         # within a few rounding errors of the terms (the difference may cancel)
         expected, size = _renormalised_gradient(case)
@@ -122,7 +83,7 @@ def _check_ordinary(function: str, loss: str, case: Case, values, gradient, note
                 f"{expected[worst]!r}; case {case.to_json()}\n"
             )
     else:
-        message += _beyond(measure(exact, gradient, True), None, "gradient", case)
+        message += beyond(measure(exact, gradient, True), None, "gradient", case)
     return message
 
 
@@ -147,9 +108,7 @@ def test_importing_the_adapter_imports_no_keras():
         " if i.library == 'keras'}))\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.splitlines()
+    out = python_output(code).splitlines()
     expected = sorted(
         (f"keras[{backend}].{function}", loss, backend)
         for backend in BACKENDS
@@ -191,7 +150,7 @@ def test_keras_for_puts_the_environment_back(keras_tf, monkeypatch):
 @pytest.mark.parametrize("fmt", ["float64", "float32"])
 @pytest.mark.parametrize(("function", "loss"), PAIRS, ids=IDS)
 def test_ordinary_inputs_agree_with_the_oracle(keras_tf, function, loss, fmt):
-    case = _ordinary_case(loss, fmt)
+    case = ordinary_case(loss, fmt)
     outcome = invoke(get_implementation(f"keras[tensorflow].{function}", loss), case, grad=True)
     assert outcome.note == ""
     message = _check_ordinary(function, loss, case, outcome.values, outcome.gradient, "")
@@ -212,7 +171,7 @@ def test_declared_formats_run_and_keep_their_dtype(keras_tf, function, loss):
     impl = get_implementation(f"keras[tensorflow].{function}", loss)
     assert impl.formats == tuple(format_names())  # so no format is left undeclared
     for fmt in impl.formats:
-        outcome = invoke(impl, _ordinary_case(loss, fmt), grad=True)
+        outcome = invoke(impl, ordinary_case(loss, fmt), grad=True)
         assert outcome.note == "", (fmt, outcome.note)
         assert np.isfinite(outcome.values).all() and np.isfinite(outcome.gradient).all()
 
@@ -275,12 +234,10 @@ def test_masked_class_gets_exactly_zero_gradient(keras_tf, fmt):
         (CATEGORICAL, SOFTMAX, [[0.5, 0.0, 0.5]], "nan"),  # tf.nn.softmax_...: 0 * inf
         (SPARSE_CATEGORICAL, SPARSE_SOFTMAX, [0], "ok"),
     ):
-        case = Case.build(loss, x, labels, format=fmt)
-        outcome = invoke(get_implementation(f"keras[tensorflow].{function}", loss), case, True)
-        exact = evaluate(case, grad=True)
+        outcome, _, values, gradient = run(f"keras[tensorflow].{function}", loss, x, labels, fmt)
         assert outcome.gradient[0, 1] == 0.0
-        assert [m.status for m in measure(exact, outcome.gradient, True)] == ["ok"] * 3
-        assert [m.status for m in measure(exact, outcome.values)] == [value_status]
+        assert statuses(gradient) == ["ok"] * 3
+        assert statuses(values) == [value_status]
     case = Case.build(SIGMOID, [-INF], [0.0], format=fmt)
     outcome = invoke(get_implementation(f"keras[tensorflow].{BINARY}", SIGMOID), case, True)
     assert outcome.gradient.tolist() == [0.0]
@@ -339,12 +296,12 @@ def _jobs() -> list[tuple[str, str, str]]:
     float16 and bfloat16 only for the sparse functions (the cheapest to compile in JAX; the
     audit runs the rest); then the masked rows."""
     ordinary = [
-        (function, loss, _ordinary_case(loss, fmt).to_json())
+        (function, loss, ordinary_case(loss, fmt).to_json())
         for fmt in ("float32", "float16", "bfloat16")
         for function, loss in PAIRS
         if fmt == "float32" or function == SPARSE_CATEGORICAL
     ]
-    float64 = [(f, loss, _ordinary_case(loss, "float64").to_json()) for f, loss in PAIRS]
+    float64 = [(f, loss, ordinary_case(loss, "float64").to_json()) for f, loss in PAIRS]
     return ordinary + MASKED_JOBS + float64
 
 

@@ -6,21 +6,21 @@ with the inputs that show it, so that a TensorFlow upgrade that changes it shows
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from adapter_helpers import ORDINARY_ULPS, beyond, ordinary_case, python_output, run  # noqa: E402
+
 import stabcheck.implementations.tensorflow as adapter  # noqa: E402
 from stabcheck.audit import AuditConfig, invoke, run_audit  # noqa: E402
 from stabcheck.case import Case  # noqa: E402
 from stabcheck.formats import format_names  # noqa: E402
 from stabcheck.implementations import get_implementation, implementations  # noqa: E402
-from stabcheck.losses import InputKind, LabelKind, get_loss  # noqa: E402
-from stabcheck.measure import HARD_FAILURES, Measurement, measure  # noqa: E402
+from stabcheck.losses import LabelKind  # noqa: E402
+from stabcheck.measure import HARD_FAILURES, measure  # noqa: E402
 from stabcheck.oracle import evaluate  # noqa: E402
 
 INF = math.inf
@@ -30,60 +30,12 @@ SOFTMAX = "softmax_cross_entropy_with_logits"
 SPARSE = "sparse_softmax_cross_entropy_with_logits"
 LOSSES = (SIGMOID, WEIGHTED, SOFTMAX, SPARSE)
 NAMES = tuple(f"tf.nn.{loss}" for loss in LOSSES)
-# ordinary inputs stay within this many ULPs of the loss (the most seen: 4, sparse softmax
-# in float64); gradients are held to the audit's ``ok`` instead, a relative error scaled by
-# the condition number, since Y p_i - y_i cancels (17 ULPs, ok, for soft labels in float32)
-ORDINARY_ULPS = 8
-
-
-def _ordinary_case(loss: str, fmt: str, seed: int = 0) -> Case:
-    """Moderate logits (|x| <= 2) with soft, one-hot or integer labels."""
-    rng = np.random.default_rng(seed)
-    spec = get_loss(loss)
-    if spec.rowwise:
-        x = rng.uniform(-2, 2, (4, 5))
-        if spec.labels is LabelKind.SPARSE:
-            y = rng.integers(0, 5, 4)
-        else:
-            y = rng.uniform(0, 1, (4, 5))
-            y /= y.sum(axis=1, keepdims=True)
-    else:
-        low, high = (0.05, 0.95) if spec.inputs is InputKind.PROBABILITIES else (-2, 2)
-        x = rng.uniform(low, high, 8)
-        y = rng.choice([0.0, 1.0, 0.25, 0.75], 8)
-    params = {"pos_weight": 2.5} if "pos_weight" in spec.params else {}
-    return Case.build(loss, x, y, format=fmt, **params)
-
-
-def _beyond(rows: list[Measurement], max_ulps: float | None, what: str, case: Case) -> str:
-    """'' if every row is within ``max_ulps`` (None: has status ok), else a message naming
-    the worst of them."""
-    if max_ulps is None:
-        bad = [m for m in rows if m.status != "ok"]
-    else:
-        bad = [m for m in rows if not m.ulps <= max_ulps]
-    if not bad:
-        return ""
-    lines = [
-        f"{what}[{', '.join(map(str, m.index))}]: got {m.got!r}, expected {m.expected!r} "
-        f"({m.ulps:g} ULPs, {m.status})"
-        for m in sorted(bad, key=lambda m: -m.ulps)[:5]
-    ]
-    return (
-        f"{len(bad)} of {len(rows)} {what} elements beyond "
-        + (f"{max_ulps} ULPs" if max_ulps is not None else "the audit's tolerance")
-        + ":\n  "
-        + "\n  ".join(lines)
-        + f"\ncase: {case.to_json()}"
-    )
 
 
 def _run(loss: str, x, y, fmt: str = "float32", **params):
     """(outcome, value rows, gradient rows) of ``tf.nn.<loss>`` on one case."""
-    case = Case.build(loss, x, y, format=fmt, **params)
-    outcome = invoke(get_implementation(f"tf.nn.{loss}", loss), case, grad=True)
-    exact = evaluate(case, grad=True)
-    return outcome, measure(exact, outcome.values), measure(exact, outcome.gradient, True)
+    outcome, _, values, gradient = run(f"tf.nn.{loss}", loss, x, y, fmt, **params)
+    return outcome, values, gradient
 
 
 def test_importing_the_adapter_imports_no_tensorflow():
@@ -95,10 +47,7 @@ def test_importing_the_adapter_imports_no_tensorflow():
         "print(names)\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.splitlines()
-    assert out == [str(sorted(NAMES)), "[]"]
+    assert python_output(code).splitlines() == [str(sorted(NAMES)), "[]"]
 
 
 def test_registration():
@@ -117,12 +66,16 @@ def test_registration():
 @pytest.mark.parametrize("fmt", ["float64", "float32"])
 @pytest.mark.parametrize("loss", LOSSES)
 def test_ordinary_inputs_agree_with_the_oracle(loss, fmt):
-    case = _ordinary_case(loss, fmt)
+    case = ordinary_case(loss, fmt)
     outcome = invoke(get_implementation(f"tf.nn.{loss}", loss), case, grad=True)
     exact = evaluate(case, grad=True)
     assert outcome.note == ""  # the input dtype comes back, values and gradients
-    message = _beyond(measure(exact, outcome.values), ORDINARY_ULPS, "value", case)
-    message += _beyond(measure(exact, outcome.gradient, True), None, "gradient", case)
+    # ordinary inputs stay within ORDINARY_ULPS (8) of the loss (the most seen: 4, sparse
+    # softmax in float64); gradients are held to the audit's ``ok`` instead, a relative error
+    # scaled by the condition number, since Y p_i - y_i cancels (17 ULPs, ok, for soft
+    # labels in float32)
+    message = beyond(measure(exact, outcome.values), ORDINARY_ULPS, "value", case)
+    message += beyond(measure(exact, outcome.gradient, True), None, "gradient", case)
     assert not message, message
 
 
@@ -140,7 +93,7 @@ def test_declared_formats_run_and_keep_their_dtype():
         impl = get_implementation(f"tf.nn.{loss}", loss)
         assert impl.formats == tuple(format_names())
         for fmt in impl.formats:
-            outcome = invoke(impl, _ordinary_case(loss, fmt), grad=True)
+            outcome = invoke(impl, ordinary_case(loss, fmt), grad=True)
             assert outcome.note == "", (loss, fmt, outcome.note)
             assert np.isfinite(outcome.values).all() and np.isfinite(outcome.gradient).all()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import subprocess
 import sys
 
 import numpy as np
@@ -15,13 +14,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from adapter_helpers import (  # noqa: E402
+    ORDINARY_ULPS,
+    beyond,
+    ordinary_case,
+    python_output,
+    run,
+    statuses,
+)
+
 import stabcheck.implementations.torch as adapter  # noqa: E402
 from stabcheck.audit import AuditConfig, Outcome, invoke, run_audit  # noqa: E402
 from stabcheck.case import Case  # noqa: E402
 from stabcheck.formats import format_names, get_format  # noqa: E402
 from stabcheck.implementations import get_implementation, implementations  # noqa: E402
-from stabcheck.losses import InputKind, LabelKind, get_loss  # noqa: E402
-from stabcheck.measure import Measurement, measure  # noqa: E402
+from stabcheck.losses import LabelKind, get_loss  # noqa: E402
+from stabcheck.measure import measure  # noqa: E402
 from stabcheck.oracle import OracleResult, evaluate  # noqa: E402
 
 INF = math.inf
@@ -42,44 +50,6 @@ REGISTERED = (
     (BCEWL, WEIGHTED),
 )
 IDS = [f"{name}-{loss}" for name, loss in REGISTERED]
-# Ordinary inputs (|logit| <= 2, probabilities in [0.05, 0.95]) stay within this many ULPs;
-# the bound is not 1 or 2 because BCEWL computes softplus(x) as x - log_sigmoid(x), which
-# cancels for negative x (up to 6 ULPs at x = -2 in float32; see the sigmoid findings)
-ORDINARY_ULPS = 8
-
-
-def _run(name: str, loss: str, x, y, fmt: str = "float64", **params):
-    """(outcome of the torch call, oracle result, value rows, gradient rows)."""
-    case = Case.build(loss, x, y, format=fmt, **params)
-    outcome = invoke(get_implementation(name, loss), case, grad=True)
-    exact = evaluate(case, grad=True)
-    return (
-        outcome,
-        exact,
-        measure(exact, outcome.values),
-        measure(exact, outcome.gradient, gradient=True),
-    )
-
-
-def _statuses(rows: list[Measurement]) -> list[str]:
-    return [m.status for m in rows]
-
-
-def _ordinary_case(loss: str, fmt: str, rng: np.random.Generator) -> Case:
-    spec = get_loss(loss)
-    if spec.rowwise:
-        x = rng.uniform(-2, 2, (4, 5))
-        if spec.labels is LabelKind.SPARSE:
-            y = rng.integers(0, 5, 4)
-        else:
-            y = rng.uniform(0, 1, (4, 5))
-            y /= y.sum(axis=1, keepdims=True)
-    else:
-        low, high = (0.05, 0.95) if spec.inputs is InputKind.PROBABILITIES else (-2, 2)
-        x = rng.uniform(low, high, 8)
-        y = rng.choice([0.0, 1.0, 0.25, 0.75], 8)
-    params = {"pos_weight": 2.5} if spec.params else {}
-    return Case.build(loss, x, y, format=fmt, **params)
 
 
 @functools.cache
@@ -88,7 +58,7 @@ def _ordinary(name: str, loss: str, fmt: str) -> tuple[tuple[Case, Outcome, Orac
     impl = get_implementation(name, loss)
     out = []
     for _ in range(3):
-        case = _ordinary_case(loss, fmt, rng)
+        case = ordinary_case(loss, fmt, rng)
         out.append((case, invoke(impl, case, grad=True), evaluate(case, grad=True)))
     return tuple(out)
 
@@ -105,10 +75,7 @@ def test_importing_the_adapter_registers_without_importing_torch():
         "if i.library == 'torch']\n"
         "print(len(found), all(a for _, _, a in found), 'torch' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.split() == [str(len(REGISTERED)), "True", "False"], done.stderr
+    assert python_output(code).split() == [str(len(REGISTERED)), "True", "False"]
 
 
 def test_registry_entries():
@@ -136,9 +103,12 @@ def test_registry_entries():
 def test_ordinary_inputs_agree_with_the_oracle(name, loss, fmt):
     for case, outcome, exact in _ordinary(name, loss, fmt):
         assert outcome.note == ""  # the dtype came back as it went in
-        for m in measure(exact, outcome.values):
-            assert m.status == "ok", (case, m)
-            assert m.ulps <= ORDINARY_ULPS, (case, m)
+        # Ordinary inputs (|logit| <= 2, probabilities in [0.05, 0.95]) stay within
+        # ORDINARY_ULPS (8); the bound is not 1 or 2 because BCEWL computes softplus(x) as
+        # x - log_sigmoid(x), which cancels for negative x (up to 6 ULPs at x = -2 in
+        # float32; see the sigmoid findings)
+        message = beyond(measure(exact, outcome.values), ORDINARY_ULPS, "value", case, ok=True)
+        assert not message, message
 
 
 @pytest.mark.parametrize("fmt", ["float64", "float32"])
@@ -149,15 +119,15 @@ def test_gradients_have_the_shape_of_the_predictions_and_agree_with_the_oracle(n
         assert outcome.gradient.shape == case.predictions.shape
         # ok by the condition-scaled tolerance: the gradient subtracts the labels, so its
         # ULPs can be large where it cancels (about 250 for sigmoid(x) - z near 0)
-        bad = [m for m in measure(exact, outcome.gradient, gradient=True) if m.status != "ok"]
-        assert not bad, (case, bad[:3])
+        message = beyond(measure(exact, outcome.gradient, gradient=True), None, "gradient", case)
+        assert not message, message
 
 
 def test_cross_entropy_and_nll_of_log_softmax_are_the_same_computation():
     rng = np.random.default_rng(7)
     for fmt in format_names():
         for _ in range(3):
-            case = _ordinary_case(SPARSE, fmt, rng)
+            case = ordinary_case(SPARSE, fmt, rng)
             a = invoke(get_implementation(CE, SPARSE), case, grad=True)
             b = invoke(get_implementation(NLL, SPARSE), case, grad=True)
             assert np.array_equal(a.values, b.values)
@@ -189,7 +159,7 @@ def test_neg_inf_logit_under_zero_label_gets_exactly_zero_gradient(name, loss, f
             soft = np.zeros_like(preds)
             soft[0, 7] = soft[0, 9] = 0.5
         labels = sparse if loss == SPARSE else soft
-        _, _, values, gradient = _run(name, loss, preds, labels, fmt)
+        _, _, values, gradient = run(name, loss, preds, labels, fmt)
         masked = np.isneginf(preds).ravel()
         got = np.array([m.got for m in gradient])
         assert np.all(got[masked] == 0.0), got[masked][got[masked] != 0][:5]
@@ -197,7 +167,7 @@ def test_neg_inf_logit_under_zero_label_gets_exactly_zero_gradient(name, loss, f
         # the value: F.cross_entropy with probability targets sums y * log_softmax(x), and
         # 0 * -inf is NaN: every row with a masked class is NaN, where the exact loss is finite
         expected = "nan" if loss == SOFTMAX else "ok"
-        assert set(_statuses(values)) == {expected}
+        assert set(statuses(values)) == {expected}
 
 
 @pytest.mark.parametrize(("name", "loss"), [(CE, SPARSE), (NLL, SPARSE), (CE, SOFTMAX)])
@@ -205,10 +175,10 @@ def test_a_pos_inf_logit_in_the_row_makes_the_masked_gradient_nan(name, loss):
     # log_softmax computes inf - inf for the whole row; the oracle's gradient of the -inf
     # class is 0 (and the loss 0, the +inf class being the true one): the audit says nan
     labels = [0] if loss == SPARSE else [[1.0, 0.0, 0.0]]
-    outcome, exact, values, gradient = _run(name, loss, [[INF, -INF, 0.0]], labels)
+    outcome, exact, values, gradient = run(name, loss, [[INF, -INF, 0.0]], labels)
     assert exact.value[0] == 0.0 and list(exact.gradient[0]) == [0.0, 0.0, 0.0]
     assert np.isnan(outcome.gradient).all()
-    assert _statuses(values) == ["nan"] and _statuses(gradient) == ["nan"] * 3
+    assert statuses(values) == ["nan"] and statuses(gradient) == ["nan"] * 3
 
 
 @pytest.mark.parametrize(("loss", "params"), [(SIGMOID, {}), (WEIGHTED, {"pos_weight": 3.0})])
@@ -216,12 +186,12 @@ def test_infinite_logits_in_the_sigmoid_forms(loss, params):
     # (1 - z) x - log_sigmoid(x) is -inf + inf at x = -inf, z = 0 and 0 * inf at x = +inf,
     # z = 1; the gradients are the limits, -inf under a zero label getting exactly 0
     x, z = [-INF, INF, -INF, INF], [0.0, 1.0, 1.0, 0.0]
-    outcome, exact, values, gradient = _run(BCEWL, loss, x, z, **params)
+    outcome, exact, values, gradient = run(BCEWL, loss, x, z, **params)
     assert [str(v) for v in exact.value] == ["0.0", "0.0", "inf", "inf"]
-    assert _statuses(values) == ["nan", "nan", "nan", "ok"]
+    assert statuses(values) == ["nan", "nan", "nan", "ok"]
     q = params.get("pos_weight", 1.0)
     assert list(outcome.gradient) == [0.0, 0.0, -q, 1.0]
-    assert set(_statuses(gradient)) == {"ok"}
+    assert set(statuses(gradient)) == {"ok"}
 
 
 # -- formats ----------------------------------------------------------------------------------
@@ -232,7 +202,7 @@ def test_every_declared_format_runs_and_keeps_its_dtype(name, loss):
     impl = get_implementation(name, loss)
     assert impl.formats == tuple(format_names())  # every format stabcheck knows
     for fmt in impl.formats:
-        case = _ordinary_case(loss, fmt, np.random.default_rng(1))
+        case = ordinary_case(loss, fmt, np.random.default_rng(1))
         outcome = invoke(impl, case, grad=True)
         assert outcome.note == ""
         assert np.isfinite(outcome.values).all() and np.isfinite(outcome.gradient).all()
@@ -259,9 +229,9 @@ def test_a_format_torch_does_not_support_raises(name, loss):
 
 @pytest.mark.parametrize("fmt", format_names())
 def test_binary_cross_entropy_clamps_log_at_minus_100(fmt):
-    outcome, _, values, gradient = _run(BCE, BINARY, [0.0, 1.0, 0.0], [1.0, 0.0, 0.5], fmt)
+    outcome, _, values, gradient = run(BCE, BINARY, [0.0, 1.0, 0.0], [1.0, 0.0, 0.5], fmt)
     assert list(outcome.values) == [100.0, 100.0, 50.0]
-    assert _statuses(values) == ["clipped"] * 3
+    assert statuses(values) == ["clipped"] * 3
     # the gradient is (p - z) / max(p (1 - p), eps), eps the float32 constant 1e-12 cast to
     # the input dtype: here -1/eps, 1/eps and -0.5/eps, rounded (clipped: the exact gradient
     # is infinite); in float16 eps rounds to 0 and the gradient is the exact -inf, inf, -inf
@@ -269,25 +239,25 @@ def test_binary_cross_entropy_clamps_log_at_minus_100(fmt):
     if eps > 0:
         expected = [get_format(fmt).round(g / eps) for g in (-1.0, 1.0, -0.5)]
         assert list(outcome.gradient) == expected
-        assert _statuses(gradient) == ["clipped"] * 3
+        assert statuses(gradient) == ["clipped"] * 3
     else:
         assert list(outcome.gradient) == [-INF, INF, -INF]
-        assert _statuses(gradient) == ["ok"] * 3
+        assert statuses(gradient) == ["ok"] * 3
 
 
 def test_binary_cross_entropy_clamp_also_changes_finite_losses_and_gradients():
     # -log p > 100 for p < e**-100: 100 z is returned (inaccurate, not clipped: the exact
     # loss is finite); the gradient is (p - z) / 1e-12 for p (1 - p) < 1e-12
     p, z = [5e-324, 1e-50, 5e-324, 0.0, 1.0], [0.1, 1.0, 0.0, 0.0, 1.0]
-    outcome, exact, values, gradient = _run(BCE, BINARY, p, z)
+    outcome, exact, values, gradient = run(BCE, BINARY, p, z)
     assert list(outcome.values[:2]) == [10.0, 100.0]
-    assert _statuses(values) == ["inaccurate", "inaccurate", "ok", "ok", "ok"]
+    assert statuses(values) == ["inaccurate", "inaccurate", "ok", "ok", "ok"]
     eps32 = float(np.float32(1e-12))
     assert outcome.gradient[1] == -1 / eps32
     assert outcome.gradient[2] == 5e-324 / eps32  # exact: 1 / (1 - p) = 1
     assert list(outcome.gradient[3:]) == [0.0, 0.0]  # exact: 1 and -1
     assert list(exact.gradient[2:]) == [1.0, 1.0, -1.0]
-    assert _statuses(gradient) == [
+    assert statuses(gradient) == [
         "inaccurate",
         "inaccurate",
         "inaccurate",
@@ -295,8 +265,8 @@ def test_binary_cross_entropy_clamp_also_changes_finite_losses_and_gradients():
         "underflow",
     ]
     # float16: eps is 0 there, and 0 / 0 is NaN
-    _, _, _, gradient16 = _run(BCE, BINARY, [0.0, 1.0], [0.0, 1.0], "float16")
-    assert _statuses(gradient16) == ["nan", "nan"]
+    _, _, _, gradient16 = run(BCE, BINARY, [0.0, 1.0], [0.0, 1.0], "float16")
+    assert statuses(gradient16) == ["nan", "nan"]
 
 
 @pytest.fixture
@@ -355,25 +325,25 @@ def test_the_audit_notes_the_documented_clamp_and_reports_nan(one_torch_thread):
 
 def test_sigmoid_forms_cancel_for_negative_logits():
     # softplus(x) = x - log_sigmoid(x): catastrophic cancellation for x < 0
-    _, _, values, gradient = _run(BCEWL, SIGMOID, [-10.0], [0.0])
+    _, _, values, gradient = run(BCEWL, SIGMOID, [-10.0], [0.0])
     assert values[0].status == "inaccurate" and values[0].ulps > 10_000
-    assert _statuses(gradient) == ["ok"]
-    _, _, values16, _ = _run(BCEWL, SIGMOID, [-7.0], [0.0], "bfloat16")
-    assert _statuses(values16) == ["underflow"]  # exact 9.1e-4, torch 0
+    assert statuses(gradient) == ["ok"]
+    _, _, values16, _ = run(BCEWL, SIGMOID, [-7.0], [0.0], "bfloat16")
+    assert statuses(values16) == ["underflow"]  # exact 9.1e-4, torch 0
     # with pos_weight the cancellation overflows: (1 - z) x - (1 + (q - 1) z) log_sigmoid(x)
-    _, _, weighted, _ = _run(BCEWL, WEIGHTED, [-65504.0], [2**-11], "float16", pos_weight=16.0)
-    assert _statuses(weighted) == ["overflow"]
+    _, _, weighted, _ = run(BCEWL, WEIGHTED, [-65504.0], [2**-11], "float16", pos_weight=16.0)
+    assert statuses(weighted) == ["overflow"]
 
 
 def test_softmax_cross_entropy_takes_the_log_of_the_sum():
     # log(1 + S) instead of log1p(S): a small loss has an absolute error of an ulp of 1
-    outcome, exact, values, _ = _run(CE, SPARSE, [[36.7368005696771, 0.0]], [0])
+    outcome, exact, values, _ = run(CE, SPARSE, [[36.7368005696771, 0.0]], [0])
     assert exact.value[0] == pytest.approx(2.0**-53, rel=1e-14)
     assert outcome.values[0] == pytest.approx(2.0**-52, rel=1e-14)  # log(1 + 2**-52): twice
-    assert _statuses(values) == ["inaccurate"]
+    assert statuses(values) == ["inaccurate"]
     # 1 + S rounds to 1 below half an ulp: the loss is -0.0 where it is 4.1e-17
-    outcome, _, values, _ = _run(CE, SPARSE, [[37.736800569677214, 0.0]], [0])
-    assert str(outcome.values[0]) == "-0.0" and _statuses(values) == ["underflow"]
+    outcome, _, values, _ = run(CE, SPARSE, [[37.736800569677214, 0.0]], [0])
+    assert str(outcome.values[0]) == "-0.0" and statuses(values) == ["underflow"]
     # and x_i - max overflows for logits of both signs near the format's maximum
-    _, _, soft, _ = _run(CE, SOFTMAX, [[-MAX64, MAX64]], [[1 / 3, 2 / 3]])
-    assert _statuses(soft) == ["overflow"]
+    _, _, soft, _ = run(CE, SOFTMAX, [[-MAX64, MAX64]], [[1 / 3, 2 / 3]])
+    assert statuses(soft) == ["overflow"]
