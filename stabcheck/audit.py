@@ -3,8 +3,9 @@
 For each loss, format and regime the cases are drawn once (hypothesis, seeded per group
 so that adding a loss does not change another's cases), the oracle is evaluated once per
 case, and every selected implementation runs on the same cases in a child process of its
-own, with a time limit: an implementation that raises, hangs, crashes or returns something
-unusable becomes a row with status ``error`` or ``timeout`` and the audit carries on.
+own, with a time limit (a call that exceeds it is tried once more in a fresh process): an
+implementation that raises, hangs, crashes or returns something unusable becomes a row
+with status ``error`` or ``timeout`` and the audit carries on.
 With ``search``, each implementation then gets a targeted search of its own per group
 (``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
 (origin ``search``; the drawn cases have origin ``drawn``). Cases of a regression corpus
@@ -353,7 +354,9 @@ def _checked(
 
 class _Runner:
     """A child process that runs one implementation family, restarted after a timeout
-    or a crash. Forked, so it inherits every implementation the parent has loaded."""
+    or a crash; a call that times out is tried once more in a fresh process before it is
+    recorded as a timeout. Forked, so it inherits every implementation the parent has
+    loaded."""
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name, self.timeout = name, timeout
@@ -361,6 +364,8 @@ class _Runner:
         self.conn: Any = None
         self.started = 0.0
         self.pending: Outcome | None = None
+        self.call_args: tuple[Implementation, Case, bool] | None = None
+        self.retried = False
 
     def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
         """Run one call and wait for it."""
@@ -369,6 +374,12 @@ class _Runner:
 
     def submit(self, impl: Implementation, case: Case, grad: bool) -> None:
         """Start one call; ``result`` collects it (other runners may work meanwhile)."""
+        self.call_args = (impl, case, grad)
+        self.retried = False
+        self._send()
+
+    def _send(self) -> None:
+        impl, case, grad = self.call_args
         self.started = time.perf_counter()
         if "fork" not in multiprocessing.get_all_start_methods():
             self.pending = _protected(impl, case, grad)  # no isolation without fork (Windows)
@@ -384,7 +395,17 @@ class _Runner:
         left = self.timeout - (time.perf_counter() - self.started)
         if not self.conn.poll(max(left, 0.0)):
             self.close()
-            return Outcome(status=TIMEOUT, note=f"no answer within {self.timeout:g} s")
+            if not self.retried:
+                # a loaded machine can stretch one call (a JIT compile) past the limit: try
+                # once more in a fresh process before recording a timeout
+                self.retried = True
+                self._send()
+                return self.result()
+            return Outcome(
+                status=TIMEOUT,
+                note=f"no answer within {self.timeout:g} s, twice (the second time in a "
+                "fresh process)",
+            )
         try:
             return self.conn.recv()
         except (EOFError, OSError):

@@ -35,6 +35,13 @@ USER_MODULE = textwrap.dedent(
     def dies(p, z):
         os._exit(3)
 
+    def slow_once(p, z):  # the first call of the run hangs, as a JIT compile on a busy machine
+        flag = os.environ["SLOW_ONCE_FLAG"]
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            time.sleep(60)
+        return -(z * np.log(p) + (1 - z) * np.log1p(-p))
+
     def keras_clipped(p, z):  # Keras-style: clip probabilities to [1e-7, 1 - 1e-7]
         q = np.clip(p, 1e-7, 1 - 1e-7)
         return -(z * np.log(q) + (1 - z) * np.log1p(-q))
@@ -89,7 +96,7 @@ def test_failing_user_functions_become_rows_and_the_audit_carries_on(user_module
     by_impl = {impl: group for impl, group in frame.groupby("implementation")}
     expected = {
         "raises": ("error", "ValueError: boom"),
-        "hangs": ("timeout", "no answer within 1 s"),
+        "hangs": ("timeout", "no answer within 1 s, twice"),
         "wrong_shape": ("error", "shape"),
         "garbage": ("error", "dtype <U12"),
         "dies": ("error", "exit code 3"),
@@ -217,3 +224,15 @@ def test_corpus_cases_are_measured_with_their_origin():
     assert set(only["case_id"]) == {corpus[0].id}
     both = run_audit(config, corpus=corpus).frame()
     assert set(both["origin"]) == {"drawn", "corpus"}
+
+
+def test_a_call_that_times_out_once_is_retried_in_a_fresh_process(user_module, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    monkeypatch.setenv("SLOW_ONCE_FLAG", str(tmp_path / "flag"))
+    config = AuditConfig(
+        implementations=[f"{user_module}:slow_once"], losses=["binary_crossentropy"],
+        formats=["float64"], regimes=["moderate"], examples=2, search=0, timeout=1.0,
+    )  # fmt: skip
+    frame = run_audit(config).frame()
+    assert (tmp_path / "flag").exists()
+    assert "timeout" not in set(frame["status"]) and len(frame) > 0
