@@ -4,7 +4,8 @@
 renamed into place, so an interrupted run never leaves half a file):
 
 * ``measurements.csv`` (and ``measurements.parquet`` when pyarrow is installed): one row a
-  measurement, the columns of ``stabcheck.audit.COLUMNS``;
+  measurement, the columns of ``stabcheck.audit.COLUMNS`` (read it back with
+  ``load_measurements``: plain ``pandas.read_csv`` turns the status ``nan`` into NaN);
 * ``cases.jsonl.gz``: every case measured, ``{"id": ..., "case": {...}}`` with hex floats;
 * ``summary.md``: implementation x format at a glance, hard failures apart from losses of
   accuracy, then per implementation x loss x format the count of each status, the median
@@ -67,6 +68,22 @@ def write_measurements(result: AuditResult, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return atomic_write(out / "measurements.csv", lambda f: result.frame().to_csv(f, index=False))
+
+
+TEXT_COLUMNS = ("implementation", "library", "loss", "format", "regime", "origin", "case_id",
+                "quantity", "index", "status", "note", "test")  # fmt: skip
+
+
+def load_measurements(path: str | Path) -> Any:
+    """A ``measurements.csv`` as a DataFrame, with the status ``nan`` kept as a string
+    (``pandas.read_csv`` alone reads it as a missing value) and empty text as ``""``."""
+    import pandas as pd
+
+    header = pd.read_csv(path, nrows=0).columns
+    numeric = {c: ["", "nan", "NaN"] for c in header if c not in TEXT_COLUMNS}
+    return pd.read_csv(
+        path, keep_default_na=False, na_values=numeric, dtype={c: str for c in TEXT_COLUMNS}
+    )
 
 
 def load_case(path: str | Path, case_id: str) -> Case:

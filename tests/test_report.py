@@ -11,7 +11,7 @@ from stabcheck.audit import COLUMNS, AuditConfig, run_audit
 from stabcheck.case import Case
 from stabcheck.cli import main
 from stabcheck.oracle import evaluate
-from stabcheck.report import histogram, load_case, write_report
+from stabcheck.report import histogram, load_case, load_measurements, write_report
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,13 @@ def test_every_report_file_is_written(audited, tmp_path):
     assert {"measurements.csv", "cases.jsonl.gz", "summary.md", "worst.md", "run.json",
             "plots/naive.png", "plots/accurate.png"} <= names  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
-    frame = pd.read_csv(tmp_path / "measurements.csv")
+    frame = load_measurements(tmp_path / "measurements.csv")
     assert list(frame.columns) == list(COLUMNS) and len(frame) == len(result.rows)
+    written = result.frame()
+    assert frame["status"].tolist() == written["status"].tolist()
+    assert "nan" in set(frame["status"])  # naive's NaNs, not read as missing values
+    assert frame["ulps"].equals(written["ulps"].astype(float))
+    assert frame["note"].tolist() == written["note"].fillna("").tolist()
     assert (tmp_path / "plots" / "naive.png").read_bytes()[:4] == b"\x89PNG"
 
 
