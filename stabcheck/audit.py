@@ -40,7 +40,7 @@ from stabcheck.losses import get_loss, loss_names
 from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, SEVERITY, TIMEOUT, Measurement, measure
 from stabcheck.oracle import OracleResult, evaluate
 from stabcheck.strategies import cases as case_strategy
-from stabcheck.strategies import get_regime, regimes_for
+from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
 
 COLUMNS = (
     "implementation", "library", "loss", "format", "regime", "origin", "case_id", "quantity",
@@ -141,7 +141,8 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
     def collect(case: Case) -> None:
         drawn.setdefault(case.id, case)
 
-    collect()
+    with independent_of_imports():
+        collect()
     return list(drawn.values())[:examples]
 
 
@@ -177,7 +178,8 @@ def search_worst(
         if score > best[0]:
             best[:] = [score, case, rows]
 
-    probe()
+    with independent_of_imports():
+        probe()
     return None if best[1] is None else (best[1], best[2])
 
 

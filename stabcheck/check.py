@@ -660,13 +660,16 @@ class _Group:
         from hypothesis import Verbosity, seed
         from hypothesis.reporting import with_reporter
 
+        from stabcheck.strategies import independent_of_imports
+
         test = settings(seed(self.seed)(test))
         test._hypothesis_internal_database_key = self.database_key
-        if self.plan.settings.verbosity >= Verbosity.verbose:
-            test()
-            return
-        with with_reporter(lambda _: None):
-            test()
+        with independent_of_imports():
+            if self.plan.settings.verbosity >= Verbosity.verbose:
+                test()
+                return
+            with with_reporter(lambda _: None):
+                test()
 
     def _phases(self, *wanted: Any) -> list[Any]:
         """``wanted`` less the phases the settings turn off (generation is always on)."""

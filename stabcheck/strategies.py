@@ -16,7 +16,8 @@ integers in range, soft rows in [0, 1] or binary targets in [0, 1], all validate
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -850,6 +851,37 @@ def cases(
         )
     ctx = _Ctx(spec, fmt, rows, classes)
     return _build(reg, ctx)
+
+
+@contextmanager
+def independent_of_imports() -> Iterator[None]:
+    """Within this block, hypothesis draws the same cases from the same seed whatever
+    modules are imported.
+
+    Hypothesis (since 6.131) also draws, now and then, constants it finds in the source of
+    the local (not installed) modules in ``sys.modules``, so the cases of one seed would
+    change with what the process happens to have imported: the command line, an adapter, a
+    user's ``module:function``. Here it sees no local constants (a private hook of
+    hypothesis; without it, as in older versions, there is nothing to do).
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # pragma: no cover - hypothesis moved its internals
+        yield
+        return
+    original = getattr(providers, "_get_local_constants", None)
+    cache_ = getattr(providers, "CONSTANTS_CACHE", None)
+    if original is None or cache_ is None:  # pragma: no cover - no local constants here
+        yield
+        return
+    none = providers.Constants()
+    providers._get_local_constants = lambda: none
+    cache_.cache.clear()  # pools of allowed constants computed with the local ones
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache_.cache.clear()
 
 
 @st.composite

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import textwrap
 from functools import cache
 
 import numpy as np
@@ -554,3 +555,31 @@ def test_import_does_not_pull_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_same_seed_draws_the_same_cases_whatever_is_imported(tmp_path):
+    # hypothesis mixes in constants from the source of local modules it finds imported
+    constants = ", ".join(repr(x) for x in [0.1234, 3.5e-300, 7.25, -42.0, 1e30, 0.999, 2e-45])
+    (tmp_path / "constants_galore.py").write_text(
+        f"FLOATS = [{constants}]\nINTS = [3, 17, 255, 1024, 65537]\n"
+    )
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from stabcheck.audit import draw_cases
+
+        def ids():
+            return [c.id for loss, fmt, regime in [
+                ("binary_crossentropy", "bfloat16", "tiny"),
+                ("softmax_cross_entropy_with_logits", "float32", "moderate"),
+                ("weighted_cross_entropy_with_logits", "float16", "pos_weight"),
+            ] for c in draw_cases(loss, fmt, regime, 8, 0)]
+
+        before = ids()
+        import constants_galore
+        print(before == ids())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
