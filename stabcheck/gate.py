@@ -43,6 +43,7 @@ from stabcheck.measure import OK, SEVERITY, STATUSES
 
 FORMAT_VERSION = 1
 CORPUS_REGIME = "corpus"
+CORPUS_UNIT_LIMIT = 1024  # elements of the largest case --save-failures adds to a corpus
 KEY_FIELDS = ("implementation", "loss", "format", "regime", "quantity")
 Key = tuple[str, str, str, str, str]
 
@@ -376,27 +377,29 @@ _CORPUS_HEADER = (
 
 
 def failing_units(rows: Iterable[Mapping[str, Any]], cases: Mapping[str, Case]) -> list[Case]:
-    """The worst failing row or element of each implementation x loss x format x quantity x
-    status, cut out of its case: the smallest cases that show each failure."""
-    worst: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    """One failing row or element of each implementation x loss x format x quantity x
+    status, cut out of its case: the smallest unit that shows the failure (the worst one
+    among equals), none larger than ``CORPUS_UNIT_LIMIT`` elements, to keep the corpus
+    readable (wide rows stay covered by the drawn cases)."""
+    best: dict[tuple[str, ...], tuple[tuple[int, float], Case]] = {}
     for row in rows:
         if row["status"] == OK or row["case_id"] not in cases:
             continue
+        unit = _unit(cases[row["case_id"]], str(row.get("index", "")))
+        if unit.predictions.size > CORPUS_UNIT_LIMIT:
+            continue
         group = (row["implementation"], row["loss"], row["format"], row["quantity"], row["status"])
-        best = worst.get(group)
-        if best is None or _ulps(row) > _ulps(best):
-            worst[group] = row
-    units = []
-    for group in sorted(worst):
-        row = worst[group]
-        case = cases[row["case_id"]]
-        index = str(row.get("index", ""))
-        if index:
-            position = tuple(int(i) for i in index.split(","))
-            units.append(case.unit(position[:1] if case.loss.rowwise else position))
-        else:
-            units.append(case)
-    return units
+        rank = (unit.predictions.size, -_ulps(row))
+        if group not in best or rank < best[group][0]:
+            best[group] = (rank, unit)
+    return [best[group][1] for group in sorted(best)]
+
+
+def _unit(case: Case, index: str) -> Case:
+    if not index:
+        return case
+    position = tuple(int(i) for i in index.split(","))
+    return case.unit(position[:1] if case.loss.rowwise else position)
 
 
 def _ulps(row: Mapping[str, Any]) -> float:

@@ -12,7 +12,15 @@ import pytest
 
 from stabcheck import cli
 from stabcheck.case import Case
-from stabcheck.gate import Baseline, Entry, Tolerance, compare, entries, load_corpus
+from stabcheck.gate import (
+    Baseline,
+    Entry,
+    Tolerance,
+    compare,
+    entries,
+    failing_units,
+    load_corpus,
+)
 
 LOSS = "sigmoid_cross_entropy_with_logits"
 IMPL = "gate_losses:loss"
@@ -103,7 +111,7 @@ def test_the_regression_corpus_is_rerun(swap, tmp_path, capsys):
     assert gate("--update") == 0
     assert gate("--update", "--save-failures") == 0
     saved = load_corpus(tmp_path / "baseline.cases.jsonl")
-    assert len(saved) > 1 and all(c.predictions.size == 1 for c in saved)
+    assert len(saved) > 1 and all(c.predictions.size == 1 for c in saved)  # smallest units
     assert json.loads((tmp_path / "baseline.json").read_text())["corpus"]["corpus_cases"] == len(
         saved
     )
@@ -213,3 +221,20 @@ def test_entries_summarise_rows():
     assert tiny.statuses == {"ok": 1, "inaccurate": 1, "nan": 1}
     assert (tiny.max_ulps, tiny.median_ulps) == (9.0, 4.5)  # the NaN's infinite count is left out
     assert found[("a", LOSS, "float32", "corpus", "value")].measurements == 1
+
+
+def test_saved_failures_are_the_smallest_units_and_never_huge():
+    softmax = "softmax_cross_entropy_with_logits"
+    wider = Case.build(softmax, [[0.0, 1.0, 2.0, 3.0, 1000.0], [0.0] * 5], [[1, 0, 0, 0, 0]] * 2)
+    narrow = Case.build(softmax, [[0.0, 1000.0]], [[1.0, 0.0]])
+    huge = Case.build(softmax, [[1000.0] * 2000], [[1.0] + [0.0] * 1999])
+    row = {"implementation": "naive", "loss": softmax, "format": "float64", "quantity": "value"}
+    rows = [
+        {**row, "case_id": wider.id, "index": "0", "status": "nan", "ulps": float("nan")},
+        {**row, "case_id": narrow.id, "index": "0", "status": "nan", "ulps": float("nan")},
+        {**row, "case_id": huge.id, "index": "0", "status": "overflow", "ulps": 9e18},
+        {**row, "case_id": wider.id, "index": "1", "status": "ok", "ulps": 0.0},
+    ]
+    cases = {c.id: c for c in (wider, narrow, huge)}
+    # the 2-class row rather than the 5-class one; the 2000-class row is never saved
+    assert [c.id for c in failing_units(rows, cases)] == [narrow.id]
