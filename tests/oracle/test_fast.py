@@ -1,0 +1,299 @@
+"""The fast path (``oracle.fast`` on ``oracle.ddmath``) against mpmath and against the
+pure mpmath oracle: double-double primitives within their claimed error bounds, rounding
+to every format, Ziv's test refusing enclosures that touch a halfway point, and the whole
+oracle answering bit for bit the same with and without the fast path on cases of every
+regime and on random bit patterns."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+from stabcheck.audit import draw_cases
+from stabcheck.case import Case
+from stabcheck.formats import FORMATS, get_format
+from stabcheck.losses import loss_names
+from stabcheck.oracle import OracleResult, evaluate
+from stabcheck.oracle import ddmath as dd
+from stabcheck.oracle.fast import FAST_PRECISION
+from stabcheck.strategies import regimes_for
+
+CTX = mpmath.MPContext()
+CTX.prec = 400
+
+
+def mp(h: float, lo: float = 0.0, q: int = 0) -> mpmath.mpf:
+    return CTX.ldexp(CTX.mpf(float(h)) + CTX.mpf(float(lo)), int(q))
+
+
+def worst_relative(got: list[mpmath.mpf], want: list[mpmath.mpf]) -> float:
+    return max(float(abs(g / w - 1)) for g, w in zip(got, want))
+
+
+@pytest.fixture(scope="module")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261122)
+
+
+# -- primitives ---------------------------------------------------------------------------------
+
+
+def test_error_free_transformations_are_exact(rng: np.random.Generator) -> None:
+    a = rng.normal(0, 1, 5000) * np.exp2(rng.integers(-300, 300, 5000))
+    b = rng.normal(0, 1, 5000) * np.exp2(rng.integers(-300, 300, 5000))
+    s, e = dd.two_sum(a, b)
+    p, f = dd.two_prod(a, b)
+    for i in range(0, 5000, 7):
+        assert mp(s[i], e[i]) == CTX.mpf(a[i]) + CTX.mpf(b[i])
+        assert mp(p[i], f[i]) == CTX.mpf(a[i]) * CTX.mpf(b[i])
+
+
+def test_double_double_operations_within_eps_op(rng: np.random.Generator) -> None:
+    def dd_random(n: int) -> tuple[np.ndarray, np.ndarray]:
+        h = rng.normal(0, 1, n) * np.exp2(rng.integers(-40, 40, n))
+        return h, h * rng.uniform(-1, 1, n) * 2.0**-53
+
+    xh, xl = dd_random(3000)
+    yh, yl = dd_random(3000)
+    y = rng.normal(0, 1, 3000)
+    x_mp = [mp(h, lo) for h, lo in zip(xh, xl)]
+    y_mp = [mp(h, lo) for h, lo in zip(yh, yl)]
+    cases = {
+        "add": (dd.add(xh, xl, yh, yl), [a + b for a, b in zip(x_mp, y_mp)]),
+        "mul": (dd.mul(xh, xl, yh, yl), [a * b for a, b in zip(x_mp, y_mp)]),
+        "div": (dd.div(xh, xl, yh, yl), [a / b for a, b in zip(x_mp, y_mp)]),
+        "add_d": (dd.add_d(xh, xl, y), [a + CTX.mpf(b) for a, b in zip(x_mp, y)]),
+        "mul_d": (dd.mul_d(xh, xl, y), [a * CTX.mpf(b) for a, b in zip(x_mp, y)]),
+        "div_d": (dd.div_d(xh, xl, y), [a / CTX.mpf(b) for a, b in zip(x_mp, y)]),
+    }
+    for name, ((h, lo), want) in cases.items():
+        err = worst_relative([mp(a, b) for a, b in zip(h, lo)], want)
+        assert err <= dd.EPS_OP, f"{name}: relative error {err:.3g} > EPS_OP"
+
+
+def test_exp_dd_within_its_bound(rng: np.random.Generator) -> None:
+    rh = np.concatenate(
+        [
+            -rng.uniform(0, 1500, 3000),
+            -rng.uniform(0, 2.0**-10, 500),
+            -np.exp(rng.uniform(-700, 7.3, 1000)),
+            -(np.arange(-5, 6) + 0.5) * math.log(2) / 4096,  # halfway points of the reduction
+            [0.0, -0.0, -5e-324, -1500.0, -708.3964185322641, -745.1332191019411, -1e-20],
+        ]
+    )
+    rl = rng.uniform(-0.5, 0.5, rh.size) * np.spacing(np.abs(rh)) * (rng.random(rh.size) < 0.7)
+    mh, ml, q = dd.exp_dd(rh, rl)
+    want = [CTX.exp(mp(a, b)) for a, b in zip(rh, rl)]
+    err = worst_relative([mp(h, lo, k) for h, lo, k in zip(mh, ml, q)], want)
+    assert err <= dd.EPS_EXP
+    assert np.all((mh >= 0.9998) & (mh < 2.0003))
+
+
+def test_log1p_dd_within_its_bound(rng: np.random.Generator) -> None:
+    s = np.concatenate(
+        [
+            rng.uniform(-0.5, 1.01, 3000),
+            np.exp(rng.uniform(-740, 12, 3000)),
+            -np.exp(rng.uniform(-740, math.log(0.5), 1000)),
+            np.arange(-64, 129) / 128,  # the table's points
+            np.arange(-64, 128) / 128 + 1 / 256,  # and the points half way between them
+            [5e-324, 1e-300, 1.0, 2.0, 131071.0, 2.0**40, -0.5],
+        ]
+    )
+    sl = rng.uniform(-0.5, 0.5, s.size) * np.spacing(np.abs(s)) * (rng.random(s.size) < 0.5)
+    sl[s <= -0.5] = np.abs(sl[s <= -0.5])
+    keep = s != 0
+    s, sl = s[keep], sl[keep]
+    yh, yl = dd.log1p_dd(s, sl)
+    want = [CTX.log1p(mp(a, b)) for a, b in zip(s, sl)]
+    assert worst_relative([mp(h, lo) for h, lo in zip(yh, yl)], want) <= dd.EPS_LOG
+    p = np.concatenate([rng.uniform(0, 1, 2000), np.exp(rng.uniform(-744, 0, 2000)), [5e-324]])
+    p = p[(p > 0) & (p < 1)]
+    yh, yl = dd.neg_log_dd(p)
+    want = [-CTX.log(CTX.mpf(v)) for v in p]
+    assert worst_relative([mp(h, lo) for h, lo in zip(yh, yl)], want) <= dd.EPS_LOG
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_round_to_matches_format_round(fmt, rng: np.random.Generator) -> None:
+    n = 4000
+    h = np.exp(rng.uniform(-700, 700, n))
+    halfway = np.round(rng.uniform(2**fmt.precision, 2 ** (fmt.precision + 1), n // 4)) + 0.5
+    h[: n // 4] = halfway * np.exp2(rng.integers(-40, 40, n // 4))  # halfway points
+    lo = rng.uniform(-0.5, 0.5, n) * np.spacing(h) * (rng.random(n) < 0.6)
+    q = np.where(rng.random(n) < 0.5, 0, rng.integers(-1500, 400, n)).astype(np.int32)
+    for tie in (-1, 1):
+        got = dd.round_to(h, lo, q, fmt, tie)
+        for i in range(n):
+            raw = (CTX.mpf(h[i]) + CTX.mpf(lo[i])) * CTX.mpf(2) ** int(q[i])
+            assert got[i] == fmt.round(raw._mpf_, tie), (h[i], lo[i], q[i], tie)
+
+
+def test_ziv_refuses_an_enclosure_touching_a_halfway_point() -> None:
+    fmt = get_format("float32")
+    mid = 1.0 + 2.0**-24  # halfway between 1 and the next float32
+    h, lo, q = np.array([mid, mid, mid - 2.0**-30]), np.zeros(3), np.zeros(3, dtype=np.int32)
+    value, ok = dd.ziv(h, lo, q, np.array([2.0**-60, 0.0, 2.0**-40]), fmt)
+    assert list(ok) == [False, False, True]
+    assert value[2] == 1.0
+
+
+# -- the fast path against the mpmath path --------------------------------------------------------
+
+
+def rounding_noise(result: OracleResult) -> np.ndarray:
+    """Per row, the error of the softmax units' value condition number: they form
+    sum_i |x_i g_i| / L from 53-bit gradients (Y p_i - y_i, rounded towards zero), which
+    cancel to noise of up to 2**-50 (Y + y_i) each where the fast path's gradients do not;
+    zero for the other losses."""
+    case = result.case
+    if not case.loss.rowwise or case.loss.inputs.value != "logits":
+        return np.zeros(result.condition.shape)
+    x = case.predictions.astype(np.float64)
+    if case.loss.labels.value == "sparse":
+        y = np.zeros_like(x)
+        y[np.arange(len(x)), case.labels] = 1.0
+    else:
+        y = case.labels.astype(np.float64)
+    finite = np.isfinite(x)
+    with np.errstate(all="ignore"):
+        total = y.sum(axis=1, keepdims=True) + y
+        terms = np.where(finite, np.abs(x) * total, 0.0).sum(axis=1) * 2.0**-50
+        return terms / np.abs(np.array([float(v) for v in result.exact.ravel()]))
+
+
+def assert_same(case: Case) -> None:
+    fast, slow = evaluate(case, grad=True, fast=True), evaluate(case, grad=True, fast=False)
+    for name in ("value", "gradient"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        same = (a.view(np.uint64) == b.view(np.uint64)) | (np.isnan(a) & np.isnan(b))
+        bad = np.argwhere(~same)
+        assert not bad.size, f"{name} differs at {bad[:3].tolist()} for {case!r}"
+    # the mpmath path's exact values are midpoints of enclosures that only had to round
+    # certainly: off by up to eps of the format relative to a cancelled gradient
+    rtol = max(1e-6, 4 * case.format.eps)
+    for name in ("condition", "gradient_condition"):
+        a, b = np.maximum(getattr(fast, name), 1.0), np.maximum(getattr(slow, name), 1.0)
+        close = np.isclose(a, b, rtol=rtol) | (np.isnan(a) & np.isnan(b))
+        if name == "condition":
+            with np.errstate(invalid="ignore"):  # inf - inf
+                close |= np.abs(a - b) <= rounding_noise(slow)
+        assert close.all(), f"{name} differs: {a[~close][:3]} vs {b[~close][:3]} for {case!r}"
+    decided = fast.fast
+    assert (fast.precision[decided] == FAST_PRECISION).all()
+    assert not slow.fast.any()
+    for e, f in zip(fast.exact.ravel()[decided.ravel()], slow.exact.ravel()[decided.ravel()]):
+        assert (e == f) or abs(e / f - 1) < rtol
+
+
+GROUPS = [
+    (loss, fmt.name, regime)
+    for loss in loss_names()
+    for fmt in FORMATS
+    for regime in regimes_for(loss)
+    if regime != "wide"
+]
+
+
+@pytest.mark.parametrize(("loss", "fmt", "regime"), GROUPS)
+def test_fast_path_agrees_with_mpmath_in_every_regime(loss: str, fmt: str, regime: str) -> None:
+    for case in draw_cases(loss, fmt, regime, 8, seed=7):
+        assert_same(case)
+
+
+def test_fast_path_agrees_on_a_wide_row() -> None:
+    for case in draw_cases("sparse_softmax_cross_entropy_with_logits", "float32", "wide", 1, 3):
+        assert_same(case)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "sigmoid_cross_entropy_with_logits",
+        "weighted_cross_entropy_with_logits",
+        "softmax_cross_entropy_with_logits",
+        "sparse_softmax_cross_entropy_with_logits",
+    ],
+)
+def test_fast_path_agrees_on_random_bit_patterns(loss: str, fmt, rng: np.random.Generator) -> None:
+    for _ in range(25):
+        bits = rng.integers(0, 2**fmt.width, (2, 6), dtype=np.uint64)
+        with np.errstate(invalid="ignore"):
+            x = bits.astype(f"uint{fmt.width}").view(fmt.dtype).astype(np.float64)
+        x = np.where(np.isnan(x), 0.0, x)
+        if loss.startswith("sparse"):
+            labels = rng.integers(0, 6, 2)
+        elif loss.startswith("softmax"):
+            labels = rng.dirichlet(np.ones(6), 2)
+        else:
+            labels = rng.random((2, 6)) * (rng.random((2, 6)) < 0.8)
+        weight = fmt.round(float(np.exp(rng.uniform(-5, 5))))
+        params = {"pos_weight": weight} if "weighted" in loss else {}
+        assert_same(Case.build(loss, x, labels, format=fmt, **params))
+
+
+def test_an_exact_halfway_part_is_broken_upwards() -> None:
+    """L = 1024 + 2**-14 + log1p(exp(-1024 - 2**-14)): the exact part is halfway between two
+    float32 values and the transcendental part (about 2**-1477) breaks the tie upwards, far
+    below any double-double; with integer labels the exact part is known exactly, so the
+    fast path rounds (D, L + r] (``ziv_above``)."""
+    case = Case.build("sparse_softmax_cross_entropy_with_logits", [[1024.0, -(2.0**-14)]], [1],
+                      format="float32")  # fmt: skip
+    result = evaluate(case, fast=True)
+    assert result.fast[0]
+    assert result.value[0] == 1024.0 + 2.0**-13
+    assert_same(case)
+
+
+def test_a_near_tie_falls_back() -> None:
+    """L = 0.75 x + log1p(exp(-x)) for x = 1025, z = 1/4 in float16: 768.75 is halfway
+    between 768.5 and 769, and the double-double enclosure of the (rounded) exact part
+    touches it, so the element goes to mpmath, which rounds up."""
+    case = Case.build("sigmoid_cross_entropy_with_logits", [1025.0], [0.25], format="float16")
+    result = evaluate(case, grad=True, fast=True)
+    assert not result.fast[0]
+    assert result.value[0] == 769.0
+    assert_same(case)
+
+
+def test_ziv_above_rounds_a_halfway_exact_part_up() -> None:
+    fmt = get_format("float32")
+    e = np.array([1.0 + 2.0**-24, 1.0 + 2.0**-24, 1.0 + 2.0**-25])
+    value, ok = dd.ziv_above(e, np.zeros(3), e, np.zeros(3), np.array([2.0**-60, 2.0**-23, 0]), fmt)
+    assert list(ok) == [True, False, True]
+    assert value[0] == 1.0 + 2.0**-23 and value[2] == 1.0
+
+
+def test_switches_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    case = Case.build("softmax_cross_entropy_with_logits", [[1.0, 2.0, 3.0, 4.0]] * 4,
+                      [[0, 0, 1, 0]] * 4)  # fmt: skip
+    assert evaluate(case).fast.tolist() == [True] * 4
+    assert evaluate(case, fast=False).fast.tolist() == [False] * 4
+    small = Case.build("softmax_cross_entropy_with_logits", [[1.0, 2.0]], [[0, 1]])
+    assert not evaluate(small).fast.any()  # below FAST_MIN_SIZE mpmath alone is quicker
+    assert evaluate(small, fast=True).fast.all()
+    monkeypatch.setenv("STABCHECK_ORACLE", "mpmath")
+    assert not evaluate(case, grad=True).fast.any()
+    assert evaluate(case, grad=True, fast=True).fast.all()
+
+
+def test_rational_rows_are_decided_exactly() -> None:
+    """All logits tied (p = 1/n, rational gradients, some exactly +0), probabilities of
+    exactly 1 under the labels, a single finite logit (losses of exactly +0)."""
+    tied = Case.build(
+        "softmax_cross_entropy_with_logits",
+        [[3.0] * 8, [3.0] * 7 + [-np.inf]],
+        [[0.125] * 8, [0, 0, 0, 1, 0, 0, 0, 0]],
+    )
+    certain = Case.build("categorical_crossentropy", [[0.0, 1.0, 0.0, 0.0]] * 4, [[0, 1, 0, 0]] * 4)
+    single = Case.build(  # one finite logit: a loss of exactly +0, or +inf
+        "sparse_softmax_cross_entropy_with_logits", [[2.0] + [-np.inf] * 7] * 2, [0, 3]
+    )
+    for case in (tied, certain, single):
+        assert_same(case)
+        assert evaluate(case, grad=True, fast=True).fast.all()
+    assert np.signbit(evaluate(tied, grad=True, fast=True).gradient[0]).sum() == 0
