@@ -104,6 +104,7 @@ class AuditResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     cases: dict[str, Case] = field(default_factory=dict)
     oracle_failures: list[str] = field(default_factory=list)
+    oracle_units: dict[str, int] = field(default_factory=lambda: {"fast": 0, "mpmath": 0})
     interrupted: bool = False
     seconds: float = 0.0
     implementations: dict[str, Implementation] = field(default_factory=dict)  # one per name
@@ -146,11 +147,25 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
     return list(drawn.values())[:examples]
 
 
+def oracle(case: Case, grad: bool, units: dict[str, int]) -> OracleResult:
+    """The oracle's answer, counting in ``units`` the results each of its paths decided."""
+    exact = evaluate(case, grad=grad)
+    fast = int(exact.fast.sum()) if exact.fast is not None else 0
+    units["fast"] += fast
+    units["mpmath"] += int(np.prod(case.output_shape)) - fast
+    return exact
+
+
 def search_worst(
-    impl: Implementation, runner: _Runner, group: tuple[str, str, str], config: AuditConfig
+    impl: Implementation,
+    runner: _Runner,
+    group: tuple[str, str, str],
+    config: AuditConfig,
+    units: dict[str, int] | None = None,
 ) -> tuple[Case, list[dict[str, Any]]] | None:
     """The case of ``group`` with the most bits of error that ``config.search`` targeted
-    examples find for ``impl`` (hard failures score above any finite error)."""
+    examples find for ``impl`` (hard failures score above any finite error); ``units``
+    counts the oracle's results by path."""
     from hypothesis import HealthCheck, Phase, assume, given, settings, target
     from hypothesis import seed as fixed_seed
 
@@ -168,7 +183,7 @@ def search_worst(
     @given(case_strategy(loss, fmt, regime))
     def probe(case: Case) -> None:
         try:
-            exact = evaluate(case, grad=config.grad)
+            exact = oracle(case, config.grad, {"fast": 0, "mpmath": 0} if units is None else units)
         except PrecisionLimitReached:
             assume(False)
         outcome = runner.call(impl, case, config.grad)
@@ -214,7 +229,7 @@ def run_audit(
 
     def measure_case(case: Case, impls: list[Implementation], origin: str) -> None:
         try:
-            exact = evaluate(case, grad=config.grad)
+            exact = oracle(case, config.grad, result.oracle_units)
         except PrecisionLimitReached as exc:
             result.oracle_failures.append(f"{case.id}: {exc}")
             return
@@ -241,7 +256,9 @@ def run_audit(
                 measure_case(case, impls, "drawn")
             if config.search and regime != "wide":
                 for impl in impls:
-                    found = search_worst(impl, runner(impl), (loss, fmt, regime), config)
+                    found = search_worst(
+                        impl, runner(impl), (loss, fmt, regime), config, result.oracle_units
+                    )
                     if found is not None:
                         case, rows = found
                         result.cases[case.id] = case

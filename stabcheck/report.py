@@ -120,6 +120,7 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "measurements": len(frame),
         "cases": len(result.cases),
         "oracle_failures": result.oracle_failures,
+        "oracle_units": result.oracle_units,
         "unsupported_formats": result.unsupported,
         "unavailable": result.unavailable,
         "libraries": {name: _version(name) for name in libraries},
@@ -162,6 +163,10 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         f"{info['measurements']} measurements of {info['cases']} cases in "
         f"{info['wall_time_seconds']:.0f} s. {versions}.",
     ]
+    units = result.oracle_units
+    if sum(units.values()):
+        lines += ["", f"The oracle decided {units['fast']} results (rows or elements) on its "
+                  f"double-double fast path and {units['mpmath']} with mpmath."]  # fmt: skip
     if result.interrupted:
         lines += ["", "**This run was interrupted: the report covers only what was measured.**"]
     if result.oracle_failures:

@@ -236,3 +236,14 @@ def test_a_call_that_times_out_once_is_retried_in_a_fresh_process(user_module, t
     frame = run_audit(config).frame()
     assert (tmp_path / "flag").exists()
     assert "timeout" not in set(frame["status"]) and len(frame) > 0
+
+
+def test_the_oracle_s_results_are_counted_by_path():
+    from stabcheck.audit import oracle
+
+    units = {"fast": 0, "mpmath": 0}
+    x = np.linspace(-3, 3, 24)
+    oracle(Case.build("sigmoid_cross_entropy_with_logits", x, np.full(24, 0.25)), True, units)
+    assert units == {"fast": 24, "mpmath": 0}  # ordinary elements: all on the fast path
+    oracle(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False, units)
+    assert units == {"fast": 24, "mpmath": 2}  # a small case goes to mpmath

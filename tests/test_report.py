@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -103,3 +104,14 @@ def test_cli_audit_writes_the_report_and_refuses_bad_names(tmp_path, capsys):
     assert "measurements of" in capsys.readouterr().err
     status = main(["audit", "--impl", "acurate", "--out", str(out)])
     assert status == 2 and "Did you mean 'accurate'" in capsys.readouterr().err
+
+
+def test_the_report_says_how_the_oracle_decided(audited, tmp_path):
+    config, result = audited
+    write_report(result, config, tmp_path)
+    units = json.loads((tmp_path / "run.json").read_text())["oracle_units"]
+    # every result of every case measured (searched cases that were not kept count too)
+    every = sum(int(np.prod(case.output_shape)) for case in result.cases.values())
+    assert units["fast"] + units["mpmath"] >= every and units["mpmath"] > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"decided {units['fast']} results" in summary
