@@ -858,7 +858,7 @@ def independent_of_imports() -> Iterator[None]:
     """Within this block, hypothesis draws the same cases from the same seed whatever
     modules are imported.
 
-    Hypothesis (since 6.131) also draws, now and then, constants it finds in the source of
+    Recent hypothesis (6.170 here) also draws, now and then, constants it finds in the source of
     the local (not installed) modules in ``sys.modules``, so the cases of one seed would
     change with what the process happens to have imported: the command line, an adapter, a
     user's ``module:function``. Here it sees no local constants (a private hook of
