@@ -159,11 +159,11 @@ class Baseline:
         return atomic_write(Path(path), lambda f: f.write(self.dumps()))
 
     @classmethod
-    def load(cls, path: str | Path) -> Baseline:
+    def load(cls, path: str | Path, update: str = "") -> Baseline:
         """Read a baseline; ``InvalidArgument`` says what is wrong with a missing or
-        damaged file and how to write a new one."""
+        damaged file and how to write a new one (``update``: the command that does)."""
         path = Path(path)
-        fix = f"write one with `stabcheck gate --baseline {path} --update`"
+        fix = f"write one with `{update or f'stabcheck gate --baseline {path} --update'}`"
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -462,7 +462,8 @@ def run_gate(
         corpus_file = path.parent / recorded if recorded else corpus_file_for(path)
     corpus_file = Path(corpus_file)
     added = add_to_corpus(corpus_file, list(add_cases)) if add_cases else []
-    audit = run_audit(config, progress=progress, corpus=load_corpus(corpus_file))
+    corpus = load_corpus(corpus_file)
+    audit = run_audit(config, progress=progress, corpus=corpus)
     _check_complete(audit)
     if save_failures:
         new_cases = add_to_corpus(corpus_file, failing_units(audit.rows, audit.cases))
@@ -472,7 +473,8 @@ def run_gate(
             audit.rows.extend(extra.rows)
             audit.cases.update(extra.cases)
             added += new_cases
-    record = corpus_record(config, audit, corpus_file, path, len(load_corpus(corpus_file)))
+            corpus += new_cases
+    record = corpus_record(config, audit, corpus_file, path, len(corpus))
     obtained = Baseline(entries(audit.rows), record, environment(audit, config))
     if update:
         obtained.save(path)

@@ -191,14 +191,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from stabcheck.gate import Baseline
 
         try:
-            state.expected = Baseline.load(state.baseline)  # fail now, not after the tests
+            state.expected = Baseline.load(state.baseline, _update_command(state.baseline))  # fail now, not after tests
         except InvalidArgument as exc:
-            raise pytest.UsageError(
-                f"{BASELINE_OPTION}: {exc}".replace(
-                    f"`stabcheck gate --baseline {state.baseline} --update`",
-                    f"{UPDATE_BASELINE_OPTION}",
-                )
-            ) from None
+            raise pytest.UsageError(f"{BASELINE_OPTION}: {exc}") from None
     config.stash[_STATE] = state
 
 
@@ -372,6 +367,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.report_error = f"{type(exc).__name__}: {exc}"
 
 
+def _update_command(path: Path) -> str:
+    return f"pytest {BASELINE_OPTION} {path} {UPDATE_BASELINE_OPTION}"
+
+
 def _gate(session: pytest.Session, state: _Session, path: Path) -> None:
     """Compare the session's entries with the baseline at ``path``, or write them there."""
     from stabcheck.audit import AuditConfig, AuditResult
@@ -386,8 +385,7 @@ def _gate(session: pytest.Session, state: _Session, path: Path) -> None:
         state.gate_text = f"stabcheck: wrote {len(obtained.entries)} entries to {path}"
         return
     comparison = compare(state.expected.entries, obtained.entries)
-    update = f"pytest {BASELINE_OPTION} {path} {UPDATE_BASELINE_OPTION}"
-    state.gate_text = comparison.text(str(path), update)
+    state.gate_text = comparison.text(str(path), _update_command(path))
     if not comparison.passed:
         obtained_file = path.with_suffix(".obtained.json")
         obtained.save(obtained_file)
