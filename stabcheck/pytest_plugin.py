@@ -190,8 +190,8 @@ def pytest_configure(config: pytest.Config) -> None:
         from stabcheck.errors import InvalidArgument
         from stabcheck.gate import Baseline
 
-        try:
-            state.expected = Baseline.load(state.baseline, _update_command(state.baseline))  # fail now, not after tests
+        try:  # fail now, not after the tests
+            state.expected = Baseline.load(state.baseline, _update_command(state.baseline))
         except InvalidArgument as exc:
             raise pytest.UsageError(f"{BASELINE_OPTION}: {exc}") from None
     config.stash[_STATE] = state
