@@ -10,13 +10,18 @@ With ``search``, each implementation then gets a targeted search of its own per 
 (``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
 (origin ``search``; the drawn cases have origin ``drawn``). Cases of a regression corpus
 (``corpus=``, see ``stabcheck.gate``) are measured too, with origin ``corpus``.
+The groups (and slices of the corpus) are tasks that run in one process per core
+(``AuditConfig.jobs``), each with its own implementation processes; their rows are merged
+in task order, so a run's result does not depend on how many processes ran it.
 One row of the returned DataFrame is one measurement (see ``COLUMNS``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
@@ -51,7 +56,7 @@ DEFAULT_EXAMPLES = 8
 DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
-PARALLEL = os.cpu_count() or 1  # implementation processes running at once
+CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class AuditConfig:
     grad: bool = False
     timeout: float = DEFAULT_TIMEOUT
     max_ulps: float = DEFAULT_MAX_ULPS
+    jobs: int | None = None  # processes measuring at once; None: one per core
 
     def validated(self) -> AuditConfig:
         """Check every argument up front, with the fix in the message."""
@@ -79,6 +85,10 @@ class AuditConfig:
             raise InvalidArgument(f"examples={self.examples!r} must be a positive integer")
         if isinstance(self.search, bool) or not isinstance(self.search, int) or self.search < 0:
             raise InvalidArgument(f"search={self.search!r} must be a non-negative integer")
+        if self.jobs is not None and (
+            isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1
+        ):
+            raise InvalidArgument(f"jobs={self.jobs!r} must be a positive number of processes")
         if not self.timeout > 0:
             raise InvalidArgument(f"timeout={self.timeout!r} must be a positive number of seconds")
         if not self.max_ulps >= 0:
@@ -212,76 +222,236 @@ def run_audit(
     corpus: Sequence[Case] = (),
     draw: bool = True,
 ) -> AuditResult:
-    """Run the audit; ``checkpoint`` is called after every group with the rows so far.
+    """Run the audit; ``checkpoint`` is called after every task (a group, or a slice of the
+    corpus) with the rows so far, and ``progress`` as each task starts.
 
     ``corpus`` cases (a regression corpus) are measured after the drawn ones, with origin
     ``corpus``, when their loss and format are selected; ``draw=False`` measures only them.
-    An interrupt (Ctrl-C) stops the run between cases and returns what was measured, with
-    ``interrupted`` set.
+    With more than one task and ``config.jobs`` above 1 (by default, one per core) the
+    tasks run in that many processes; their rows are merged in task order, so the result
+    is the same as with ``jobs=1``. An interrupt (Ctrl-C) stops the run and returns what
+    was measured (whole tasks, in order, when running in processes), with ``interrupted``
+    set.
     """
     config = config.validated()
     start = time.perf_counter()
     result = AuditResult()
-    groups = list(_groups(config)) if draw else []
-    runners: dict[str, _Runner] = {}
+    tasks = _tasks(config, corpus, draw, result)
+    jobs = min(config.jobs or CORES, len(tasks))
+    if "fork" not in multiprocessing.get_all_start_methods():
+        jobs = 1  # each process inherits the parent's implementations by forking
 
-    def runner(impl: Implementation) -> _Runner:
-        return runners.setdefault(impl.name, _Runner(impl.name, config.timeout))
-
-    def measure_case(case: Case, impls: list[Implementation], origin: str) -> None:
-        try:
-            exact = oracle(case, config.grad, result.oracle_units)
-        except PrecisionLimitReached as exc:
-            result.oracle_failures.append(f"{case.id}: {exc}")
-            return
-        result.cases[case.id] = case
-        # every implementation family has its own process: run as many together as there
-        # are cores (more would stretch each call towards its time limit)
-        for first in range(0, len(impls), PARALLEL):
-            batch = impls[first : first + PARALLEL]
-            for impl in batch:
-                runner(impl).submit(impl, case, config.grad)
-            for impl in batch:
-                outcome = runner(impl).result()
-                result.rows.extend(_rows(impl, case, exact, outcome, config, origin))
+    def merge(part: AuditResult) -> None:
+        if part is not result:
+            result.rows.extend(part.rows)
+            result.cases.update(part.cases)
+            result.oracle_failures.extend(part.oracle_failures)
+            for path, count in part.oracle_units.items():
+                result.oracle_units[path] += count
+        if checkpoint:
+            checkpoint(result)
 
     try:
-        for number, (loss, fmt, regime) in enumerate(groups, 1):
-            impls = _implementations(config, loss, fmt, result)
-            if not impls:
-                continue
-            examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
-            if progress:
-                progress(f"{loss} {fmt} {regime}", number, len(groups))
-            for case in draw_cases(loss, fmt, regime, examples, config.seed):
-                measure_case(case, impls, "drawn")
-            if config.search and regime != "wide":
-                for impl in impls:
-                    found = search_worst(
-                        impl, runner(impl), (loss, fmt, regime), config, result.oracle_units
-                    )
-                    if found is not None:
-                        case, rows = found
-                        result.cases[case.id] = case
-                        result.rows.extend(rows)
-            if checkpoint:
-                checkpoint(result)
-        selected = _selected_corpus(config, corpus)
-        for number, case in enumerate(selected, 1):
-            if progress:
-                progress(f"corpus {case.loss.name} {case.format.name}", number, len(selected))
-            impls = _implementations(config, case.loss.name, case.format.name, result)
-            if impls:
-                measure_case(case, impls, "corpus")
-        if selected and checkpoint:
-            checkpoint(result)
+        if jobs > 1:
+            _in_processes(tasks, config, jobs, progress, merge)
+        else:
+            runners = _Runners(config.timeout, CORES)  # calls at once: all cores
+            try:
+                for number, task in enumerate(tasks, 1):
+                    if progress:
+                        progress(task.label, number, len(tasks))
+                    _run_task(task, config, runners, result)
+                    merge(result)
+            finally:
+                runners.close()
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        for each in runners.values():
-            each.close()
         result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One unit of an audit's work: the drawn cases (and searches) of a ``group`` with the
+    implementations ``impls``, or a slice of the corpus."""
+
+    label: str
+    impls: tuple[Implementation, ...]
+    group: tuple[str, str, str] | None = None
+    corpus: tuple[tuple[Case, tuple[Implementation, ...]], ...] = ()  # with their impls
+
+
+CORPUS_SLICE = 16  # corpus cases per task
+
+
+def _tasks(
+    config: AuditConfig, corpus: Sequence[Case], draw: bool, result: AuditResult
+) -> list[_Task]:
+    """The run's tasks in order; notes unavailable and unsupported implementations."""
+    tasks = []
+    for loss, fmt, regime in _groups(config) if draw else ():
+        impls = _implementations(config, loss, fmt, result)
+        if impls:
+            tasks.append(_Task(f"{loss} {fmt} {regime}", tuple(impls), (loss, fmt, regime)))
+    selected = []
+    for case in _selected_corpus(config, corpus):
+        impls = _implementations(config, case.loss.name, case.format.name, result)
+        if impls:
+            selected.append((case, tuple(impls)))
+    for first in range(0, len(selected), CORPUS_SLICE):
+        part = tuple(selected[first : first + CORPUS_SLICE])
+        label = f"corpus {first + 1}-{first + len(part)} of {len(selected)}"
+        tasks.append(_Task(label, (), corpus=part))
+    return tasks
+
+
+def _run_task(task: _Task, config: AuditConfig, runners: _Runners, into: AuditResult) -> None:
+    """Measure ``task``'s cases, adding rows, cases, oracle failures and counts to ``into``."""
+
+    def measure_case(case: Case, impls: Sequence[Implementation], origin: str) -> None:
+        try:
+            exact = oracle(case, config.grad, into.oracle_units)
+        except PrecisionLimitReached as exc:
+            into.oracle_failures.append(f"{case.id}: {exc}")
+            return
+        into.cases[case.id] = case
+        for impl, outcome in runners.run(impls, case, config.grad):
+            into.rows.extend(_rows(impl, case, exact, outcome, config, origin))
+
+    if task.group is not None:
+        loss, fmt, regime = task.group
+        examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
+        for case in draw_cases(loss, fmt, regime, examples, config.seed):
+            measure_case(case, task.impls, "drawn")
+        if config.search and regime != "wide":
+            for impl in task.impls:
+                found = search_worst(impl, runners.get(impl), task.group, config,
+                                     into.oracle_units)  # fmt: skip
+                if found is not None:
+                    case, rows = found
+                    into.cases[case.id] = case
+                    into.rows.extend(rows)
+    for case, impls in task.corpus:
+        measure_case(case, impls, "corpus")
+
+
+def _in_processes(
+    tasks: list[_Task],
+    config: AuditConfig,
+    jobs: int,
+    progress: Callable[[str, int, int], None] | None,
+    merge: Callable[[AuditResult], None],
+) -> None:
+    """Run ``tasks`` in ``jobs`` forked processes (each with its own implementation
+    processes, sharing the cores between them), passing each task's result to ``merge``
+    in task order."""
+    context = multiprocessing.get_context("fork")
+    parallel = max(1, CORES // jobs)
+    workers = []
+    for _ in range(jobs):
+        conn, child = context.Pipe()
+        ends = [c for _, c in workers] + [conn]  # the parent's, for the child to close
+        process = context.Process(target=_work, args=(child, ends, tasks, config, parallel))
+        process.start()
+        child.close()
+        workers.append((process, conn))
+    waiting = iter(range(len(tasks)))
+    busy: dict[Any, int] = {}
+    done: dict[int, AuditResult] = {}
+    merged = 0
+
+    def dispatch(conn: Any) -> None:
+        index = next(waiting, None)
+        if index is not None:
+            if progress:
+                progress(tasks[index].label, index + 1, len(tasks))
+            conn.send(index)
+            busy[conn] = index
+
+    by_sentinel = {process.sentinel: conn for process, conn in workers}
+    finished = False
+    try:
+        for _, conn in workers:
+            dispatch(conn)
+        while busy:
+            # a worker's sentinel too: its runners hold its end of the pipe after it dies
+            watched = list(busy) + [p.sentinel for p, c in workers if c in busy]
+            free = []
+            for ready in multiprocessing.connection.wait(watched):
+                conn = by_sentinel.get(ready, ready)
+                if conn not in busy:
+                    continue  # both its pipe and its sentinel were ready
+                index = busy.pop(conn)
+                try:
+                    if not conn.poll():
+                        raise EOFError
+                    outcome = conn.recv()
+                except (EOFError, OSError):
+                    raise RuntimeError(
+                        f"an audit process died while measuring {tasks[index].label}"
+                    ) from None
+                if isinstance(outcome, str):
+                    raise RuntimeError(f"measuring {tasks[index].label} failed:\n{outcome}")
+                done[index] = outcome
+                free.append(conn)
+            while merged in done:
+                merge(done.pop(merged))
+                merged += 1
+            while free:
+                dispatch(free.pop())
+        finished = True
+    finally:
+        for process, conn in workers:
+            if finished:
+                with contextlib.suppress(OSError):
+                    conn.send(None)  # the worker closes its runners and exits
+            else:
+                process.terminate()  # SIGTERM: the same, at once
+            conn.close()
+        for process, _ in workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _work(
+    conn: Any, ends: list[Any], tasks: list[_Task], config: AuditConfig, parallel: int
+) -> None:
+    """An audit process: run the tasks whose index arrives on ``conn``, send back each
+    one's ``AuditResult`` (or the traceback of a failure), until ``None`` or the end of the
+    pipe arrives. ``ends`` are the parent's ends of the pipes, inherited by the fork: closed
+    here, so that the parent's exit reaches every worker as the end of its pipe."""
+    import signal
+    import traceback
+
+    for end in ends:
+        end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    runners = _Runners(config.timeout, parallel)
+    try:
+        while True:
+            try:
+                index = conn.recv()
+            except EOFError:
+                return
+            if index is None:
+                return
+            part = AuditResult()
+            try:
+                _run_task(tasks[index], config, runners, part)
+            except Exception:
+                conn.send(traceback.format_exc())
+            else:
+                conn.send(part)
+    finally:
+        runners.close()
 
 
 def _selected_corpus(config: AuditConfig, corpus: Sequence[Case]) -> list[Case]:
@@ -370,6 +540,33 @@ def _checked(
     if dtype != case.format.name:
         notes.append(f"{what} {dtype} for {case.format.name} input")
     return array
+
+
+class _Runners:
+    """One ``_Runner`` per implementation family, ``parallel`` of them calling at once (more
+    than there are cores would stretch each call towards its time limit)."""
+
+    def __init__(self, timeout: float, parallel: int) -> None:
+        self.timeout, self.parallel = timeout, parallel
+        self.runners: dict[str, _Runner] = {}
+
+    def get(self, impl: Implementation) -> _Runner:
+        return self.runners.setdefault(impl.name, _Runner(impl.name, self.timeout))
+
+    def run(
+        self, impls: Sequence[Implementation], case: Case, grad: bool
+    ) -> Iterator[tuple[Implementation, Outcome]]:
+        """Each implementation's outcome on ``case``, in the order of ``impls``."""
+        for first in range(0, len(impls), self.parallel):
+            batch = impls[first : first + self.parallel]
+            for impl in batch:
+                self.get(impl).submit(impl, case, grad)
+            for impl in batch:
+                yield impl, self.get(impl).result()
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
 
 
 class _Runner:

@@ -171,6 +171,13 @@ def _selection(parser: argparse.ArgumentParser, gate: bool) -> None:
         "--timeout", type=float, default=None, help="seconds one call may take (default 60)"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes measuring at once (default: one per core; results do not depend on it)",
+    )
+    parser.add_argument(
         "--max-ulps",
         type=float,
         default=None,
@@ -184,6 +191,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "implementations": args.impl, "losses": args.loss, "formats": args.format,
         "regimes": args.regime, "examples": args.examples, "search": getattr(args, "search", None),
         "timeout": args.timeout, "max_ulps": args.max_ulps, "seed": args.seed, "grad": args.grad,
+        "jobs": args.jobs,
     }  # fmt: skip
 
 

@@ -518,7 +518,7 @@ def gate_config(baseline: Baseline | None, given: Mapping[str, Any], update: boo
         if value is not None:
             settings[name] = tuple(value) if name in SELECTION else value
     timeout = given.get("timeout") or DEFAULT_TIMEOUT
-    return AuditConfig(search=0, timeout=timeout, **settings).validated()
+    return AuditConfig(search=0, timeout=timeout, jobs=given.get("jobs"), **settings).validated()
 
 
 def corpus_record(config: Any, audit: Any, corpus_file: Path, baseline: Path, cases: int) -> dict:

@@ -176,10 +176,93 @@ def test_an_interrupted_audit_keeps_what_it_measured():
             raise KeyboardInterrupt
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], examples=2, search=0)  # fmt: skip
+                         formats=["float64"], examples=2, search=0, jobs=1)  # fmt: skip
     result = run_audit(config, progress=progress)
     assert result.interrupted and len(seen) == 2
     assert set(result.frame()["regime"]) == {"moderate"}
+
+
+@pytest.fixture
+def runner_pids(tmp_path, monkeypatch):
+    """The pids of every implementation process the audit starts, in any process."""
+    from stabcheck import audit
+
+    log = tmp_path / "pids"
+    start = audit._Runner._start
+
+    def logged(self):
+        start(self)
+        with open(log, "a") as f:
+            f.write(f"{self.process.pid}\n")
+
+    monkeypatch.setattr(audit._Runner, "_start", logged)
+    return lambda: [int(p) for p in log.read_text().split()] if log.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+PARALLEL_CONFIG = dict(implementations=["naive", "stable"], losses=["binary_crossentropy",
+                       "sparse_softmax_cross_entropy_with_logits"], formats=["float32"],
+                       regimes=["moderate", "tiny", "wide"], examples=2, search=3,
+                       grad=True)  # fmt: skip
+
+
+def test_processes_give_the_same_result_as_one_and_leave_nothing_running(runner_pids):
+    corpus = [Case.build("binary_crossentropy", [1e-10], [0.5], format="float32")]
+    one = run_audit(AuditConfig(**PARALLEL_CONFIG, jobs=1), corpus=corpus)
+    seen = []
+    two = run_audit(AuditConfig(**PARALLEL_CONFIG, jobs=2), corpus=corpus,
+                    progress=lambda label, number, total: seen.append(number))  # fmt: skip
+    assert one.frame().equals(two.frame()) and len(two.rows) > 50
+    assert set(two.frame()["origin"]) == {"drawn", "search", "corpus"}
+    assert list(one.cases) == list(two.cases) and one.oracle_units == two.oracle_units
+    assert sorted(seen) == list(range(1, 7))  # 2 + 3 groups (no wide binary), the corpus
+    pids = runner_pids()
+    assert len(pids) >= 4  # each process ran both implementations in processes of its own
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_an_interrupted_run_in_processes_keeps_whole_tasks_in_order(runner_pids):
+    def progress(label, number, total):
+        if number == 3:
+            raise KeyboardInterrupt
+
+    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
+                         formats=["float64"], examples=2, search=0, jobs=2)  # fmt: skip
+    result = run_audit(config, progress=progress)
+    regimes = list(dict.fromkeys(result.frame()["regime"]))
+    assert result.interrupted
+    assert regimes in ([], ["moderate"], ["moderate", "saturating"])
+    assert not [pid for pid in runner_pids() if _alive(pid)]
+
+
+def test_a_process_that_fails_or_dies_stops_the_run_with_the_task_named(monkeypatch):
+    import os
+
+    from stabcheck import audit
+
+    run_task = audit._run_task
+
+    def broken(task, *args):
+        if task.group[2] == "tiny":
+            os._exit(9)
+        if task.group[2] == "saturating":
+            raise ValueError("a bug")
+        return run_task(task, *args)
+
+    monkeypatch.setattr(audit, "_run_task", broken)
+    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
+                         formats=["float64"], examples=1, search=0, jobs=2)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"binary_crossentropy float64 (tiny|saturating)"):
+        run_audit(config)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +270,7 @@ def test_an_interrupted_audit_keeps_what_it_measured():
     [
         ("examples", 0, "examples=0"),
         ("timeout", -1.0, "timeout=-1.0"),
+        ("jobs", 0, "jobs=0"),
         ("losses", ["softmax"], "not a known loss"),
         ("formats", ["float8"], "not a known format"),
         ("regimes", ["hughe"], "not a known regime"),
