@@ -543,26 +543,39 @@ def _checked(
 
 
 class _Runners:
-    """One ``_Runner`` per implementation family, ``parallel`` of them calling at once (more
-    than there are cores would stretch each call towards its time limit)."""
+    """One ``_Runner`` per library and backend (the implementations of ``torch``, of
+    ``keras`` on JAX, of stabcheck, ...; a user's ``module:function`` has its own), so that
+    each framework is imported once; ``parallel`` of them call at once (more than there are
+    cores would stretch each call towards its time limit)."""
 
     def __init__(self, timeout: float, parallel: int) -> None:
         self.timeout, self.parallel = timeout, parallel
         self.runners: dict[str, _Runner] = {}
 
     def get(self, impl: Implementation) -> _Runner:
-        return self.runners.setdefault(impl.name, _Runner(impl.name, self.timeout))
+        key = impl.name if ":" in impl.name else f"{impl.library}[{impl.backend}]"
+        if key not in self.runners:
+            self.runners[key] = _Runner(key, self.timeout)
+        return self.runners[key]
 
     def run(
         self, impls: Sequence[Implementation], case: Case, grad: bool
     ) -> Iterator[tuple[Implementation, Outcome]]:
-        """Each implementation's outcome on ``case``, in the order of ``impls``."""
-        for first in range(0, len(impls), self.parallel):
-            batch = impls[first : first + self.parallel]
-            for impl in batch:
-                self.get(impl).submit(impl, case, grad)
-            for impl in batch:
-                yield impl, self.get(impl).result()
+        """Each implementation's outcome on ``case``, in the order of ``impls``; calls run
+        together in batches of at most ``parallel`` runners, each busy with one call."""
+        batch: list[Implementation] = []
+        for impl in impls:
+            runner = self.get(impl)
+            if len(batch) == self.parallel or any(self.get(b) is runner for b in batch):
+                yield from self._collect(batch)
+            runner.submit(impl, case, grad)
+            batch.append(impl)
+        yield from self._collect(batch)
+
+    def _collect(self, batch: list[Implementation]) -> Iterator[tuple[Implementation, Outcome]]:
+        for impl in batch:
+            yield impl, self.get(impl).result()
+        batch.clear()
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -570,7 +583,7 @@ class _Runners:
 
 
 class _Runner:
-    """A child process that runs one implementation family, restarted after a timeout
+    """A child process that runs implementations of one library, restarted after a timeout
     or a crash; a call that times out is tried once more in a fresh process before it is
     recorded as a timeout. Forked, so it inherits every implementation the parent has
     loaded."""
