@@ -4,22 +4,24 @@
     .venv/bin/python scripts/bench_oracle.py [--repeats 3] [--out benchmarks/oracle.md]
 
 Part 1, softmax cross-entropy with integer labels, float64, value and gradient, on the
-same inputs for all three: naive numpy float64 log-softmax (max shifted out; the physical
-limit, not correctly rounded), the oracle (``evaluate``, fast path on) and the pure mpmath
-oracle (``fast=False``), at C = 2, 10, 1,000 and 50,000 classes. Inputs are seeded:
+same inputs for all: naive numpy float64 log-softmax (max shifted out; the physical
+limit, not correctly rounded), the oracle (``evaluate``, fast path on) in numpy alone
+(``STABCHECK_NUMBA=0``) and with numba (``stabcheck[fast]``, if installed) and the pure
+mpmath oracle (``fast=False``), at C = 2, 10, 1,000 and 50,000 classes. Inputs are seeded:
 *random* logits (normal, sigma 3, labels uniform) and *extreme* ones (a dominant class 20
 to 800 ahead of normal logits, so that the loss underflows; a tenth of the other logits
 -inf; labels uniform). Elements are predictions (rows x classes); the oracle returns
 each one's gradient correctly rounded. The share of rows left to mpmath is reported.
 
-Part 2, every loss, float64 and float32, rows per second of both oracle paths on the
-setups of the first benchmark (moderate, dominant and near-optimum rows; random
-probabilities and targets). Timings are medians over the repeats.
+Part 2, every loss, float64 and float32, rows per second of both oracle paths (numpy
+alone) on the setups of the first benchmark (moderate, dominant and near-optimum rows;
+random probabilities and targets). Timings are medians over the repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -31,6 +33,7 @@ import numpy as np
 
 from stabcheck.case import Case
 from stabcheck.oracle import evaluate
+from stabcheck.oracle.fast import numba_kernels
 
 SIZES = [(2, 10_000), (10, 2_000), (1_000, 20), (50_000, 1)]  # classes, rows
 SPARSE = "sparse_softmax_cross_entropy_with_logits"
@@ -80,11 +83,18 @@ def median_time(repeats: int, fn: Callable[..., object], *args: object, **kw: ob
     return statistics.median(times)
 
 
+def with_numba(on: bool) -> bool:
+    """Let the oracle use numba (if installed) or not; whether it will."""
+    os.environ["STABCHECK_NUMBA"] = "1" if on else "0"
+    return numba_kernels() is not None
+
+
 def part_one(repeats: int, seed: int) -> list[str]:
     lines = [
-        "| inputs | classes | rows | numpy el/s | oracle el/s | mpmath el/s "
-        "| oracle / mpmath | numpy / oracle | rows left to mpmath |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| inputs | classes | rows | numpy el/s | oracle el/s | with numba el/s "
+        "| mpmath el/s | oracle / mpmath | numpy / oracle | numpy / with numba "
+        "| rows left to mpmath |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind in ("random", "extreme"):
         for classes, rows in SIZES:
@@ -96,17 +106,24 @@ def part_one(repeats: int, seed: int) -> list[str]:
                 logits, labels = extreme_logits(rows, classes, rng)
             case = Case.build(SPARSE, logits, labels, format="float64")
             x = case.predictions.astype(np.float64)
-            fast = evaluate(case, grad=True)  # warm up (tables) and count
-            t_numpy = median_time(max(repeats, 5), naive_numpy, x, labels)
-            t_fast = median_time(repeats, evaluate, case, grad=True)
-            t_slow = median_time(repeats, evaluate, case, grad=True, fast=False)
             n = rows * classes
-            left = 1 - float(np.mean(fast.fast))
-            lines.append(
-                f"| {kind} | {classes:,} | {rows:,} | {n / t_numpy:,.0f} | {n / t_fast:,.0f} "
-                f"| {n / t_slow:,.0f} | {t_slow / t_fast:,.0f}x | {t_fast / t_numpy:,.0f}x "
-                f"| {left:.1%} |"
-            )
+            t_numpy = median_time(max(repeats, 5), naive_numpy, x, labels)
+            times = {}
+            for numba in (False, True):
+                if with_numba(numba) == numba:  # numba only if installed
+                    fast = evaluate(case, grad=True)  # warm up (tables, compilation) and count
+                    times[numba] = median_time(repeats, evaluate, case, grad=True)
+            with_numba(False)
+            t_slow = median_time(repeats, evaluate, case, grad=True, fast=False)
+            t_fast, t_numba = times[False], times.get(True)
+            cells = [
+                kind, f"{classes:,}", f"{rows:,}", f"{n / t_numpy:,.0f}", f"{n / t_fast:,.0f}",
+                f"{n / t_numba:,.0f}" if t_numba else "n/a", f"{n / t_slow:,.0f}",
+                f"{t_slow / t_fast:,.0f}x", f"{t_fast / t_numpy:,.0f}x",
+                f"{t_numba / t_numpy:,.0f}x" if t_numba else "n/a",
+                f"{1 - float(np.mean(fast.fast)):.1%}",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines
 
@@ -164,19 +181,24 @@ def main() -> None:
     args = parser.parse_args()
     first = part_one(args.repeats, args.seed)
     second = part_two(args.repeats, args.seed)
+    try:
+        import numba
+
+        compiler = f"numba {numba.__version__}"
+    except ImportError:
+        compiler = "numba not installed"
     header = (
         f"Oracle throughput, seed {args.seed}, median of {args.repeats} runs; "
         f"Python {platform.python_version()}, mpmath {mpmath.__version__} "
-        f"(backend {mpmath.libmp.BACKEND}), numpy {np.__version__}, "
+        f"(backend {mpmath.libmp.BACKEND}), numpy {np.__version__}, {compiler}, "
         f"{platform.machine()} {platform.processor() or ''}".rstrip()
     )
     text = (
         f"{header}\n\n"
         "Softmax cross-entropy with integer labels, float64, value and gradient "
         "(elements = rows x classes):\n\n" + "\n".join(first) + "\n\n"
-        "Every loss, both oracle paths (units = rows, or elements of elementwise losses):\n\n"
-        + "\n".join(second)
-        + "\n"
+        "Every loss, both oracle paths, numpy alone (units = rows, or elements of elementwise "
+        "losses):\n\n" + "\n".join(second) + "\n"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

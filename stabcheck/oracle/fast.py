@@ -16,18 +16,28 @@ Every quantity is a double-double x with a bound on |x - exact|: relative (``EPS
 from the operations' published bounds and the proofs in ``ddmath``; the bounds of a
 formula are the sums of its parts' bounds, each stated beside the code) plus an absolute
 ``ETA`` = 2**-1050 wherever a product or a scaled term may underflow (it covers 2**17
-roundings of 2**-1075 each). Quantities that may be tiny are kept as M 2**q with an
-integer exponent array q, so that subnormal results of every format are rounded from a
-relative enclosure. A result computed from exact inputs without rounding (a zero exact
-part, a zero label, Y - n y_i = 0) is exactly what it says. ``FAST_PRECISION`` (106) is
-what ``OracleResult.precision`` reports for the units decided here; condition numbers are
-53-bit estimates with an extended exponent range, like the mpmath units'.
+roundings of 2**-1075, or dropped terms below 2**-1073, each). Quantities that may be tiny
+are kept as M 2**q with an integer exponent array q, so that subnormal results of every
+format are rounded from a relative enclosure. A result computed from exact inputs without
+rounding (a zero exact part, a zero label, Y - n y_i = 0) is exactly what it says.
+``FAST_PRECISION`` (106) is what ``OracleResult.precision`` reports for the units decided
+here; condition numbers are 53-bit estimates with an extended exponent range, like the
+mpmath units'.
+
+With numba installed (``pip install 'stabcheck[fast]'``; ``STABCHECK_NUMBA=0`` turns it
+off), the two passes over every cell of a softmax case run compiled (``numba_kernels``):
+the same functions of single cells, on the same arithmetic; only plain (inexact, bounded
+in any order) row sums are added in another order, so the rounded results are the same.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from mpmath import libmp
@@ -44,6 +54,7 @@ Array = np.ndarray
 FAST_PRECISION = 106
 ETA = 2.0**-1050  # absolute error from underflow anywhere in a unit
 TINY = -900  # exponent below which a sum or a product is kept scaled
+TILE = 4096  # cells per block of the passes over every cell of a softmax case
 
 
 @dataclass
@@ -73,7 +84,7 @@ class Part:
 def evaluate(case: Case, grad: bool) -> tuple[Part, Part | None]:
     """The fast path's results for ``case``: (value part, gradient part)."""
     spec, fmt = case.loss, case.format
-    x = case.predictions.astype(np.float64)
+    x = np.asarray(case.predictions, dtype=np.float64)  # read only
     logits = spec.inputs is InputKind.LOGITS
     if not spec.rowwise:
         z = case.labels.astype(np.float64)
@@ -81,11 +92,11 @@ def evaluate(case: Case, grad: bool) -> tuple[Part, Part | None]:
             return binary(x, z, fmt, grad)
         return weighted(x, z, case.params.get("pos_weight", 1.0), fmt, grad)
     if spec.labels is LabelKind.SPARSE:
+        if logits:
+            return softmax(x, None, fmt, grad, soft=False, sparse=case.labels)
         y = np.zeros_like(x)
         y[np.arange(len(x)), case.labels] = 1.0
-        if not logits:
-            return categorical(x, y, fmt, grad, soft=False)
-        return softmax(x, y, fmt, grad, soft=False, sparse=case.labels)
+        return categorical(x, y, fmt, grad, soft=False)
     y = case.labels.astype(np.float64)
     if not logits:
         return categorical(x, y, fmt, grad, soft=True)
@@ -173,13 +184,104 @@ def _xfloat(a: XF) -> Array:
 # -- softmax cross-entropy ------------------------------------------------------------------
 
 
+def _exp_cell(x, m, low, qT, sx, unlabelled, tables):
+    """Pass 1 on cells of softmax rows: e = exp(x - m) = M 2**q (``exp_core``) below the
+    maximum m, M = 0 at ties and -inf; the terms 2**(q - qT) M of T (high and low parts);
+    and |x| 2**-sx 2**(q - qT) M, everywhere and where unlabelled. On arrays, or (compiled
+    by numba) on single numbers."""
+    xf = np.maximum(x, low)  # -inf logits as the least finite one (low)
+    below = (xf < m) & (x > -np.inf)
+    rh, rl = dd.two_sum(xf, -m)
+    mh, ml, q = dd.exp_core(rh, rl, tables)
+    mh, ml, q = mh * below, ml * below, np.int32(q)
+    f = np.ldexp(1.0 * below, q - qT)  # 0 below 2**-1074: such a term (< 2**-1073) is dropped
+    th, tl = mh * f, ml * f
+    w = np.ldexp(np.abs(xf), -sx) * th
+    return mh, ml, q, th, tl, w, w * unlabelled
+
+
+def _grad_cell(mh, ml, q, yzh, yzl, izh, w, x, soft):
+    """Pass 2 on cells of softmax rows: 2**q M Y/Z as a double-double A with exponent q,
+    and kappa(g) = |x| (1 - p) + W - |x| p (+ 1 with soft labels), p = 2**q M (1/Z) (53
+    bits). On arrays, or (compiled by numba) on single numbers."""
+    ah, al = dd.mul(mh, ml, yzh, yzl)
+    p = np.ldexp(mh * izh, q)
+    ax = np.abs(x)
+    return ah, al, ax * (1.0 - p) + (w - ax * p) + soft
+
+
+def _exp_rows(x, m, low, qT, sx, unlabelled, tables, sigmas, Mh, Ml, qe, parts, lows,
+              w_below, w_bulk):  # fmt: skip
+    """``_exp_cell`` on every cell, and the row sums of pass 1 (for numba)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            mh, ml, q, th, tl, w, wb = _exp_cell(x[i, j], m[i], low[i], qT[i], sx[i],
+                                                 unlabelled[i, j], tables)  # fmt: skip
+            Mh[i, j], Ml[i, j], qe[i, j] = mh, ml, q
+            for k in range(sigmas.size):
+                t, th = dd.extract(th, sigmas[k])
+                parts[k, i] += t
+            lows[i] += tl
+            w_below[i] += w
+            w_bulk[i] += wb
+
+
+def _grad_rows(Mh, Ml, qe, YZh, YZl, iZ, W, x, soft, eps_A, gval, gok, g_cond):
+    """``_grad_cell`` and ``ziv_double`` on every cell, A written over M (for numba)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            ah, al, g_cond[i, j] = _grad_cell(Mh[i, j], Ml[i, j], qe[i, j], YZh[i], YZl[i],
+                                              iZ[i], W[i], x[i, j], soft)  # fmt: skip
+            gval[i, j], gok[i, j] = dd.ziv_double(ah, al, qe[i, j], eps_A[i] * ah)
+            Mh[i, j], Ml[i, j] = ah, al
+
+
+def numba_kernels() -> tuple | None:
+    """``_exp_rows`` and ``_grad_rows`` compiled by numba, which then replaces the blocks of
+    numpy passes with the same arithmetic (``pip install 'stabcheck[fast]'``); None
+    without numba or with the environment variable ``STABCHECK_NUMBA=0``."""
+    if os.environ.get("STABCHECK_NUMBA", "").strip() == "0":
+        return None
+    return _compile()
+
+
+@cache
+def _compile() -> tuple | None:
+    """Compile copies of the functions whose globals name the compiled copies."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    jit = numba.njit(cache=True)
+    names = ("two_sum", "fast_two_sum", "_split", "two_prod", "two_square", "mul", "exp_core",
+             "extract", "ziv_double")  # fmt: skip
+    jitted = types.ModuleType("ddmath_jit")
+    scope = dict(vars(dd))
+    for name in names:
+        scope[name] = jit(types.FunctionType(getattr(dd, name).__code__, scope, name))
+        setattr(jitted, name, scope[name])
+    scope = {**globals(), "dd": jitted}
+    for fn in (_exp_cell, _grad_cell, _exp_rows, _grad_rows):
+        scope[fn.__name__] = jit(types.FunctionType(fn.__code__, scope, fn.__name__))
+    return scope["_exp_rows"], scope["_grad_rows"]
+
+
+def _blocks(N: int, C: int) -> Iterator[tuple[slice, slice]]:
+    """Slices (rows, columns) tiling an N x C array in blocks of about TILE cells."""
+    rows, cols = max(1, TILE // C), min(C, TILE)
+    for r0 in range(0, N, rows):
+        for c0 in range(0, C, cols):
+            yield slice(r0, r0 + rows), slice(c0, c0 + cols)
+
+
 def softmax(
-    x: Array, y: Array, fmt: Format, grad: bool, soft: bool, sparse: Array | None = None
+    x: Array, y: Array | None, fmt: Format, grad: bool, soft: bool, sparse: Array | None = None
 ) -> tuple[Part, Part | None]:
     """Rows of L = D + Y log1p(S) and dL/dx_i = Y p_i - y_i (see ``rowwise.Softmax``).
 
-    With m = max x, n ties at m, T = sum_{x_i < m} exp(x_i - m) (pairwise, scaled by the
-    largest term's 2**q), Y = sum y exactly when ``sum_rows_exact`` says so:
+    With m = max x, n ties at m, T = sum_{x_i < m} exp(x_i - m) (scaled by the largest
+    term's 2**q and summed exactly by ``split_sums``), Y = sum y exactly when
+    ``sum_rows_exact`` says so:
 
         L = D + Y log1p(n - 1 + T),       D = sum y_i (m - x_i) >= 0
         g_i = 2**q_i M_i Y / (n + T) - y_i            (x_i < m, e_i = M_i 2**q_i)
@@ -191,68 +293,87 @@ def softmax(
     rounded when D sits on a halfway point (``ziv_above``). When every finite logit is
     tied, T = 0 and the gradient is the rational (Y - n y_i)/n: rounded from its
     enclosure, or exactly +0; with a single finite logit the loss is exactly +0 (or
-    +inf). ``sparse`` (label indices) spares the label sums.
+    +inf). With ``sparse`` (label indices) y is None, and the label sums are spared.
+
+    The passes over every cell run in blocks of about ``TILE`` cells (small temporaries,
+    in cache, never paged in afresh), or compiled by numba when it is installed.
     """
     N, C = x.shape
-    value, gradient = Part.empty((N,)), (Part.empty((N, C)) if grad else None)
     with np.errstate(all="ignore"):
-        finite = np.isfinite(x)
-        m = np.where(finite, x, -np.inf).max(axis=1)
-        tie = x == m[:, None]
-        below = finite & ~tie
         if sparse is None:
             Yh, Yl, Y_exact, y_levels = dd.sum_rows_exact(y)
         else:
             Yh, Yl, Y_exact, y_levels = np.ones(N), np.zeros(N), np.ones(N, dtype=bool), 0
-        rh, rl = dd.two_sum(np.where(finite, x, 0.0), -np.where(np.isfinite(m), m, 0.0)[:, None])
-        rows = (
-            ~np.isnan(x).any(axis=1)
-            & ~(x == np.inf).any(axis=1)
-            & np.isfinite(m)
-            & (Yh > 0)
-            & ~(below & (rh < dd.EXP_MIN)).any(axis=1)
-            & np.isfinite(np.where(finite, rh, 0.0)).all(axis=1)
-        )
+        m = x.max(axis=1)  # NaN or +inf in a row: not finite
+        low, second = np.full(N, np.inf), np.full(N, -np.inf)  # least finite, largest < m
+        for rs, cs in _blocks(N, C):
+            t = x[rs, cs]
+            low[rs] = np.minimum(low[rs], np.where(t > -np.inf, t, np.inf).min(axis=1))
+            second[rs] = np.maximum(second[rs], np.where(t < m[rs, None], t, -np.inf).max(axis=1))
+        # no finite logit more than 1500 below the maximum (fl(x - m) grows with x)
+        rows = np.isfinite(m) & (Yh > 0) & ~(low - m < dd.EXP_MIN)
         if not rows.any():
-            return value, gradient
-        sel = slice(None) if rows.all() else np.flatnonzero(rows)
-        if not rows.all():
-            x, y, finite, tie, below = x[sel], y[sel], finite[sel], tie[sel], below[sel]
-            rh, rl, m, Yh, Yl = rh[sel], rl[sel], m[sel], Yh[sel], Yl[sel]
-            Y_exact, sparse = Y_exact[sel], None if sparse is None else sparse[sel]
-        out = _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl,
-                            (Yh, Yl, Y_exact, y_levels), sparse)  # fmt: skip
-    v, g = out
+            return Part.empty((N,)), (Part.empty((N, C)) if grad else None)
+        every = rows.all()
+        if not every:
+            x, m, low, second = x[rows], m[rows], low[rows], second[rows]
+            y = None if y is None else y[rows]
+            Yh, Yl, Y_exact = Yh[rows], Yl[rows], Y_exact[rows]
+            sparse = None if sparse is None else sparse[rows]
+        v, g = _softmax_rows(x, y, m, low, second, fmt, grad, soft,
+                             (Yh, Yl, Y_exact, y_levels), sparse)  # fmt: skip
+    if every:
+        return Part(*v), (Part(*g) if g is not None else None)
+    value, gradient = Part.empty((N,)), (Part.empty((N, C)) if grad else None)
+    sel = np.flatnonzero(rows)
     value.put(sel, *v[:5])
     value.condition[sel] = v[5]
-    if grad and gradient is not None and g is not None:
+    if gradient is not None and g is not None:
         gradient.put(sel, *g[:5])
         gradient.condition[sel] = g[5]
     return value, gradient
 
 
-def _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl, labels, idx):
+def _softmax_rows(x, y, m, low, second, fmt, grad, soft, labels, idx):
     Yh, Yl, Y_exact, y_levels = labels
     N, C = x.shape
     eps_Y = np.where(Y_exact, 0.0, (y_levels + 1) * EPS_OP)
-    n = tie.sum(axis=1).astype(np.float64)
-    labelled = y > 0
-    infinite_loss = (labelled & ~finite).any(axis=1)  # a -inf logit under a positive label
-
-    # exp of every logit below the maximum, M 2**q, scaled by the row's largest term
-    kept = below & (rh >= dd.EXP_MIN)
-    if kept.mean() > 0.5:  # cheaper on every cell than through a mask
-        Mh, Ml, qe = dd.exp_dd(np.clip(rh, dd.EXP_MIN, 0.0), np.where(kept, rl, 0.0))
-        Mh, Ml, qe = np.where(kept, Mh, 0.0), np.where(kept, Ml, 0.0), np.where(kept, qe, _NO_EXP)
+    finite = x > -np.inf  # the rows have no NaN and no +inf
+    tie = x == m[:, None]
+    if idx is None:
+        labelled = y > 0
     else:
-        Mh, Ml = np.zeros((N, C)), np.zeros((N, C))
-        qe = np.full((N, C), _NO_EXP, dtype=np.int32)
-        Mh[kept], Ml[kept], qe[kept] = dd.exp_dd(rh[kept], rl[kept])
-    rational = ~kept.any(axis=1)  # every finite logit tied: T = 0, p = 1/n exactly
-    qT = np.where(rational, 0, qe.max(axis=1))
-    shift = np.where(kept, qe - qT[:, None], 0)
-    Th, Tl, t_levels = dd.sum_rows(np.ldexp(Mh, shift), np.ldexp(Ml, shift))
-    eps_T = EPS_EXP + (t_levels + 1) * EPS_OP + ETA
+        labelled = np.zeros((N, C), dtype=bool)
+        labelled[np.arange(N), idx] = True
+    n = tie.sum(axis=1).astype(np.float64)
+    infinite_loss = (labelled & ~finite).any(axis=1)  # a -inf logit under a positive label
+    rational = ~(second > -np.inf)  # every finite logit tied: T = 0, p = 1/n exactly
+    qT = np.where(rational, 0, dd.exp_scale(np.where(rational, 0.0, second - m)))
+    _, sx = np.frexp(np.maximum(np.abs(m), np.abs(low)))  # logits scaled by 2**-sx
+    qT, sx = qT.astype(np.int32), sx.astype(np.int32)
+
+    # pass 1, every cell: e = exp(x - m) = M 2**q below the maximum (0 elsewhere), and
+    # the row sums of 2**(q - qT) M, exactly (split_sums), of its low parts, and of
+    # |x| 2**-sx 2**(q - qT) M (all, and unlabelled cells only: for the conditions)
+    Mh, Ml, qe = np.empty((N, C)), np.empty((N, C)), np.empty((N, C), dtype=np.int32)
+    sigmas = dd.split_levels(C)
+    parts, lows = np.zeros((len(sigmas), N)), np.zeros(N)
+    w_below, w_bulk = np.zeros(N), np.zeros(N)
+    unlabelled, tables, kernels = ~labelled, dd.exp_tables(), numba_kernels()
+    if kernels is not None:
+        kernels[0](x, m, low, qT, sx, unlabelled, tables, np.array(sigmas), Mh, Ml, qe,
+                   parts, lows, w_below, w_bulk)  # fmt: skip
+    else:
+        for rs, cs in _blocks(N, C):
+            cells = _exp_cell(x[rs, cs], m[rs, None], low[rs, None], qT[rs, None],
+                              sx[rs, None], unlabelled[rs, cs], tables)  # fmt: skip
+            Mh[rs, cs], Ml[rs, cs], qe[rs, cs] = cells[:3]
+            parts[:, rs] += dd.split_sums(cells[3], sigmas)
+            lows[rs] += cells[4].sum(axis=1)
+            w_below[rs] += cells[5].sum(axis=1)
+            w_bulk[rs] += cells[6].sum(axis=1)
+    Th, Tl = dd.split_total(list(parts), lows)
+    eps_T = EPS_EXP + dd.split_eps(C) + ETA
     plain = qT >= TINY  # T = (Th + Tl) 2**qT is a normal double-double
     Tph, Tpl = np.where(plain, np.ldexp(Th, qT), 0.0), np.where(plain, np.ldexp(Tl, qT), 0.0)
     # n + T; a T below 2**-900 is left out, and ldexp may drop Tl 2**qT below 2**-1074:
@@ -273,9 +394,11 @@ def _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl, labels, idx
     # D = sum y_i (m - x_i), exact differences times labels, summed pairwise
     if idx is not None:
         rows = np.arange(N)
-        Dh, Dl = -rh[rows, idx], -rl[rows, idx]
+        xk = x[rows, idx]
+        Dh, Dl = dd.two_sum(m, -np.where(xk > -np.inf, xk, 0.0))
         eps_D, eta_D = np.zeros(N), np.zeros(N)
     else:
+        rh, rl = dd.two_sum(np.where(finite, x, 0.0), -m[:, None])
         th_, tl_ = dd.mul_d(-rh, -rl, y)
         use = labelled & finite
         th_, tl_ = np.where(use, th_, 0.0), np.where(use, tl_, 0.0)
@@ -301,31 +424,55 @@ def _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl, labels, idx
     vval, vok = np.where(infinite_loss, np.inf, vval), vok | infinite_loss
     v_exact = (np.where(infinite_loss, np.inf, vz.h), vz.lo, vz.q)
 
-    # Y / Z, and p_i = e_i / Z = P_i 2**q_i (53 bits, for the conditions)
+    # Y / Z; the sums of |x_j| p_j 2**-(sx + qT) below the maximum and over unlabelled cells
     YZh, YZl = dd.div(Yh, Yl, Zh, Zl)
     eps_YZ = eps_Y + eps_Z + EPS_OP
-    P = np.where(kept, Mh, np.where(tie, 1.0, 0.0)) / Zh[:, None]
-    qp = np.where(kept, qe, 0)
-    special = finite & (tie | labelled)  # few cells; the bulk is finite, below, unlabelled
-    r = _row_index(special)
-    ys, ns = y[special], n[r]
+    W_below = _xscaled(w_below / Zh, sx + qT)
+    W_tied = _xscaled(n * np.ldexp(np.abs(m), -sx) / Zh, sx)
+    W_all = _xadd(W_below, W_tied)
+    W = _xfloat(W_all)
+    bulk_num = _xscaled(Yh * (w_bulk / Zh), sx + qT)
+
+    # the few cells that are not 2**q M Y/Z alone: ties, labels, -inf logits
+    sr, sc = np.nonzero(tie | labelled | ~finite)
+    fin_s, tie_s = finite[sr, sc], tie[sr, sc]
+    y_s = labelled[sr, sc].astype(np.float64) if idx is not None else y[sr, sc]
+    r = sr[fin_s]  # rows of ``special``: finite cells tied or labelled
+    special = (r, sc[fin_s])
+    ys, ns, tie_f = y_s[fin_s], n[r], tie_s[fin_s]
+    P_s = np.where(tie_f, 1.0, Mh[special]) / Zh[r]  # p_i = P_i 2**qp_i (53 bits)
+    qp_s = np.where(tie_f, 0, qe[special])
+    eps_A = EPS_EXP + eps_YZ + EPS_OP
 
     if grad:
-        gz = _Ziv((N, C))
-        # the bulk: 2**q M Y/Z, a relative enclosure (computed everywhere, kept where free)
-        eps_A = (EPS_EXP + eps_YZ + EPS_OP)[:, None]
-        Ah, Al = dd.mul(Mh, Ml, YZh[:, None], YZl[:, None])
-        gz.h, gz.lo, gz.q, gz.r = Ah, Al, qe, eps_A * np.abs(Ah)
-        # labelled cells below the maximum: 2**q M Y/Z - y
-        both = kept & labelled
-        rb = _row_index(both)
-        Ah, Al, qb = Ah[both], Al[both], qe[both]
-        aph, apl = _ldexp(Ah, qb), _ldexp(Al, qb)
-        gh, gl = dd.add_d(aph, apl, -y[both])
-        gz.set(both, gh, gl, 0, eps_A[rb, 0] * aph + EPS_OP * np.abs(gh) + ETA)
+        # pass 2, every cell: 2**q M Y/Z, a relative enclosure, and its condition number
+        gval, gok = np.empty((N, C)), np.empty((N, C), dtype=bool)
+        g_cond = np.empty((N, C))
+        if kernels is not None and fmt.precision == 53 and fmt.emin == -1022:
+            kernels[1](Mh, Ml, qe, YZh, YZl, 1.0 / Zh, W, x, float(soft), eps_A, gval, gok,
+                       g_cond)  # fmt: skip
+            rest = np.nonzero(~gok & (Mh > 0) & (Mh < np.inf))  # as ``ziv``
+            gval[rest], gok[rest] = dd.ziv(Mh[rest], Ml[rest], qe[rest],
+                                           eps_A[rest[0]] * Mh[rest], fmt)  # fmt: skip
+        else:
+            for rs, cs in _blocks(N, C):
+                ah, al, g_cond[rs, cs] = _grad_cell(
+                    Mh[rs, cs], Ml[rs, cs], qe[rs, cs], YZh[rs, None], YZl[rs, None],
+                    1.0 / Zh[rs, None], W[rs, None], x[rs, cs], float(soft))  # fmt: skip
+                gval[rs, cs], gok[rs, cs] = dd.ziv(ah, al, qe[rs, cs], eps_A[rs, None] * ah, fmt)
+                Mh[rs, cs], Ml[rs, cs] = ah, al  # the exact values' parts, from here on
+        gh, gl, gq = Mh, Ml, qe
+        # labelled cells below the maximum: 2**q M Y/Z - y (A from pass 2)
+        h_s, lo_s, q_s = gh[sr, sc], gl[sr, sc], qe[sr, sc]
+        r_s = eps_A[sr] * h_s
+        both = fin_s & ~tie_s
+        aph, apl = _ldexp(h_s[both], q_s[both]), _ldexp(lo_s[both], q_s[both])
+        bh, bl = dd.add_d(aph, apl, -y_s[both])
+        h_s[both], lo_s[both], q_s[both] = bh, bl, 0
+        r_s[both] = eps_A[sr[both]] * aph + EPS_OP * np.abs(bh) + ETA
         # tied at the maximum: (Y - n y_i)/n - U, U = Y T / (n Z) = 2**qT (Y/Z) (Th + Tl)/n
-        rt = _row_index(tie)
-        yt, nt = y[tie], n[rt]
+        rt = sr[tie_s]
+        yt, nt = y_s[tie_s], n[rt]
         nyh, nyl = dd.two_prod(nt, yt)
         Wh, Wl, w_exact = dd.add_exact(Yh[rt], Yl[rt], -nyh, -nyl)
         w_exact &= Y_exact[rt] & ((yt == 0) | (yt >= 2.0**-960))
@@ -337,41 +484,32 @@ def _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl, labels, idx
         Uh, Ul, qU, eps_U = Uh[rt], Ul[rt], qT[rt], (eps_YZ + eps_T + 2 * EPS_OP)[rt]
         pure = w_exact & (Wh == 0)
         uph, upl = _ldexp(Uh, qU), _ldexp(Ul, qU)
-        gh, gl = dd.add(Rh, Rl, -uph, -upl)
-        radius = err_R + eps_U * uph + EPS_OP * np.abs(gh) + ETA
-        gz.set(tie, np.where(pure, -Uh, gh), np.where(pure, -Ul, gl), np.where(pure, qU, 0),
-               np.where(pure, eps_U * Uh, radius))  # fmt: skip
+        th, tl = dd.add(Rh, Rl, -uph, -upl)
+        radius = err_R + eps_U * uph + EPS_OP * np.abs(th) + ETA
+        h_s[tie_s], lo_s[tie_s] = np.where(pure, -Uh, th), np.where(pure, -Ul, tl)
+        q_s[tie_s], r_s[tie_s] = np.where(pure, qU, 0), np.where(pure, eps_U * Uh, radius)
         # -inf logits: -y_i exactly (+0 for a zero label)
-        gz.set(~finite, -y[~finite] + 0.0, 0.0, 0, 0.0)
-        gval, gok = gz.round(fmt)
+        h_s[~fin_s], lo_s[~fin_s], q_s[~fin_s], r_s[~fin_s] = -y_s[~fin_s] + 0.0, 0.0, 0, 0.0
+        v_s, ok_s = dd.ziv(h_s, lo_s, q_s, r_s, fmt)
         # exactly +0: -inf logits under zero labels, and Y/n - y_i = 0 when T = 0
-        zero = np.zeros((N, C), dtype=bool)
-        zero[tie] = pure & (Uh == 0)
-        gval = np.where(finite, np.where(zero, 0.0, gval), -y + 0.0)
-        gok |= ~finite | zero
-        g_special = _xscaled(gz.h[special] + gz.lo[special], gz.q[special])
+        zero = np.zeros(sr.size, dtype=bool)
+        zero[tie_s] = pure & (Uh == 0)
+        v_s = np.where(fin_s, np.where(zero, 0.0, v_s), -y_s + 0.0)
+        gval[sr, sc], gok[sr, sc] = v_s, ok_s | ~fin_s | zero
+        gh[sr, sc], gl[sr, sc], gq[sr, sc] = np.where(fin_s, h_s, v_s), lo_s, q_s
+        g_special = _xscaled(h_s[fin_s] + lo_s[fin_s], q_s[fin_s])
     else:  # |g| to 53 bits where it is not Y p_i
-        pf = _ldexp(P[special], qp[special])
+        pf = _ldexp(P_s, qp_s)
         lab = np.abs(Yh[r] * pf - ys)
         R = (Yh[r] - ns * ys) / ns
         U = _xscaled(Yh * Th / (n * Zh), qT)
         g_tie = _xadd(_xf(R), (U[0][r], U[1][r]), -1.0)
-        g_special = _xabs((np.where(tie[special], g_tie[0], lab),
-                           np.where(tie[special], g_tie[1], 0)))  # fmt: skip
+        g_special = _xabs((np.where(tie_f, g_tie[0], lab), np.where(tie_f, g_tie[1], 0)))
         g_special = _xscaled(g_special[0], g_special[1])
 
     # condition numbers (53-bit estimates; logits scaled by 2**-sx per row, tiny sums by
     # 2**qT, so that nothing overflows or underflows that matters)
-    ax = np.abs(np.where(finite, x, 0.0))
-    _, sx = np.frexp(ax.max(axis=1))
-    X = np.ldexp(ax, -sx[:, None])
-    bulk = finite & ~tie & ~labelled
-    w_scaled = X * _ldexp(P, qp - qT[:, None])  # |x_j| p_j 2**-(sx + qT)
-    W_below = _xscaled(np.where(finite & ~tie, w_scaled, 0.0).sum(axis=1), sx + qT)
-    W_tied = _xscaled(np.where(tie, X, 0.0).sum(axis=1) / Zh, sx)
-    W_all = _xadd(W_below, W_tied)
-    ax_s = _xscaled(X[special], sx[r])
-    bulk_num = _xscaled(Yh * np.where(bulk, w_scaled, 0.0).sum(axis=1), sx + qT)
+    ax_s = _xscaled(np.ldexp(np.abs(x[special]), -sx[r]), sx[r])
     special_num = _xsum_flat(_xmul(ax_s, _xabs(g_special)), r, N)
     num = _xadd(bulk_num, special_num)
     kappa = _xfloat(_xdiv(num, _xscaled(vz.h, vz.q)))
@@ -381,36 +519,28 @@ def _softmax_rows(x, y, fmt, grad, soft, finite, tie, below, rh, rl, labels, idx
     if not grad:
         return v_parts, None
     # kappa(g_i) = (Y p_i (|x_i| (1 - p_i) + sum_{j != i} |x_j| p_j) + [soft] (p_i (Y - y_i)
-    # + y_i (1 - p_i))) / |g_i|; in the bulk p_i cancels: |x_i| (1 - p_i) + W - |x_i| p_i
-    pf = _ldexp(P, qp)
-    W = _xfloat(W_all)
-    g_cond = np.where(finite, ax * (1.0 - pf) + (W[:, None] - ax * pf) + float(soft),
-                      np.where(y == 0, 0.0, np.nan))  # fmt: skip
-    p_s = _xscaled(P[special], qp[special])
+    # + y_i (1 - p_i))) / |g_i|; in the bulk (above) p_i cancels
+    p_s = _xscaled(P_s, qp_s)
     w_s = _xmul(ax_s, p_s)
     others = _xadd((W_all[0][r], W_all[1][r]), w_s, -1.0)
-    afresh = tie[special] & (n[r] == 1) & ((Tph[r] <= 1.0) | ~plain[r])
+    afresh = tie_f & (n[r] == 1) & ((Tph[r] <= 1.0) | ~plain[r])
     others = (np.where(afresh, W_below[0][r], others[0]),
               np.where(afresh, W_below[1][r], others[1]))  # fmt: skip
     tail = _xdiv(_xadd(_xf(n - 1.0), _xscaled(Th, qT)), _xf(Zh))  # 1 - p at the maximum
-    q_s = _xscaled(np.where(tie[special], tail[0][r], 1.0 - _xfloat(p_s)),
-                   np.where(tie[special], tail[1][r], 0))  # fmt: skip
-    sens = _xadd(_xmul(ax_s, q_s), others)
+    q_s_ = _xscaled(np.where(tie_f, tail[0][r], 1.0 - _xfloat(p_s)),
+                    np.where(tie_f, tail[1][r], 0))  # fmt: skip
+    sens = _xadd(_xmul(ax_s, q_s_), others)
     num_s = _xmul(_xmul(_xf(Yh[r]), p_s), sens)
     if soft:
-        extra = _xadd(_xmul(p_s, _xf(Yh[r] - ys)), _xmul(_xf(ys), q_s))
+        extra = _xadd(_xmul(p_s, _xf(Yh[r] - ys)), _xmul(_xf(ys), q_s_))
         num_s = _xadd(num_s, extra)
     kappa_s = _xfloat(_xdiv(_xabs(num_s), _xabs(g_special)))
     g_cond[special] = np.where(g_special[0] == 0, np.where(num_s[0] == 0, 0.0, np.inf), kappa_s)
+    nonfinite = (sr[~fin_s], sc[~fin_s])
+    g_cond[nonfinite] = np.where(y_s[~fin_s] == 0, 0.0, np.nan)
     row_ok = gok.all(axis=1)  # the whole row is certain, or none of it is
     v_parts = (vval, vok & row_ok, *v_exact, kappa)
-    g_h = np.where(finite, gz.h, gval)
-    return v_parts, (gval, gok & vok[:, None], g_h, gz.lo, gz.q, g_cond)
-
-
-def _row_index(mask: Array) -> Array:
-    """The row of each True cell of a 2-D mask, in mask order."""
-    return np.broadcast_to(np.arange(mask.shape[0])[:, None], mask.shape)[mask]
+    return v_parts, (gval, gok & vok[:, None], gh, gl, gq, g_cond)
 
 
 def _xsum_flat(a: XF, rows: Array, n: int) -> XF:

@@ -46,9 +46,11 @@ def test_error_free_transformations_are_exact(rng: np.random.Generator) -> None:
     b = rng.normal(0, 1, 5000) * np.exp2(rng.integers(-300, 300, 5000))
     s, e = dd.two_sum(a, b)
     p, f = dd.two_prod(a, b)
+    sq, g = dd.two_square(a)
     for i in range(0, 5000, 7):
         assert mp(s[i], e[i]) == CTX.mpf(a[i]) + CTX.mpf(b[i])
         assert mp(p[i], f[i]) == CTX.mpf(a[i]) * CTX.mpf(b[i])
+        assert mp(sq[i], g[i]) == CTX.mpf(a[i]) ** 2
 
 
 def test_double_double_operations_within_eps_op(rng: np.random.Generator) -> None:
@@ -98,8 +100,8 @@ def test_log1p_dd_within_its_bound(rng: np.random.Generator) -> None:
             rng.uniform(-0.5, 1.01, 3000),
             np.exp(rng.uniform(-740, 12, 3000)),
             -np.exp(rng.uniform(-740, math.log(0.5), 1000)),
-            np.arange(-64, 129) / 128,  # the table's points
-            np.arange(-64, 128) / 128 + 1 / 256,  # and the points half way between them
+            np.arange(-512, 1025) / 1024,  # the table's points
+            np.arange(-512, 1024) / 1024 + 1 / 2048,  # and the points half way between them
             [5e-324, 1e-300, 1.0, 2.0, 131071.0, 2.0**40, -0.5],
         ]
     )
@@ -115,6 +117,66 @@ def test_log1p_dd_within_its_bound(rng: np.random.Generator) -> None:
     yh, yl = dd.neg_log_dd(p)
     want = [-CTX.log(CTX.mpf(v)) for v in p]
     assert worst_relative([mp(h, lo) for h, lo in zip(yh, yl)], want) <= dd.EPS_LOG
+
+
+def test_log1p_dd_checks_its_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 1, log1p_dd starts from numpy's log: a wrong guess, or 1 + s beyond
+    two_prod's range, goes the table's way, still within EPS_LOG."""
+    s = np.array([1.5, 3.0, 1e6, 2.0**996, 1.7e308])
+    want = [CTX.log1p(CTX.mpf(v)) for v in s]
+    with np.errstate(all="ignore"):  # the product past two_prod's range overflows
+        yh, yl = dd.log1p_dd(s, np.zeros(s.size))
+        assert worst_relative([mp(h, lo) for h, lo in zip(yh, yl)], want) <= dd.EPS_LOG
+        monkeypatch.setattr(np, "log", lambda v: np.full_like(v, 0.75))
+        yh, yl = dd.log1p_dd(s, np.zeros(s.size))
+    assert worst_relative([mp(h, lo) for h, lo in zip(yh, yl)], want) <= dd.EPS_LOG
+
+
+@pytest.mark.parametrize("width", [2, 10, 1000, 5000, 70000])
+def test_split_sums_are_exact_in_any_order(width: int, rng: np.random.Generator) -> None:
+    """Row sums of non-negative double-double terms below 4: the parts are exact sums
+    (the same when column blocks are summed apart), what they leave out is below
+    2**-104, and split_total is within split_eps."""
+    rows = 3
+    h = rng.uniform(0, 4, (rows, width)) * np.exp2(-rng.integers(0, 60, (rows, width)))
+    h[:, 0] = rng.uniform(1, 2, rows)  # the largest term, as in softmax rows, is >= 1
+    lo = h * rng.uniform(-1, 1, h.shape) * 2.0**-53
+    sigmas = dd.split_levels(width)
+    parts = np.array(dd.split_sums(h, sigmas))
+    half = width // 2
+    apart = np.array(dd.split_sums(h[:, :half], sigmas)) + dd.split_sums(h[:, half:], sigmas)
+    assert np.array_equal(parts, apart)
+    low = lo.sum(axis=1)
+    th, tl = dd.split_total(list(parts), low)
+    for i in range(rows):
+        exact = CTX.fsum(CTX.mpf(v) for v in h[i])
+        assert abs(CTX.fsum(CTX.mpf(v) for v in parts[:, i]) - exact) <= 2.0**-104
+        total = exact + CTX.fsum(CTX.mpf(v) for v in lo[i])
+        assert abs(mp(th[i], tl[i]) / total - 1) <= dd.split_eps(width)
+
+
+def test_ziv_double_agrees_with_rounding_both_ends(rng: np.random.Generator) -> None:
+    """float64's shortcut decides a cell only as rounding both ends would, and ``ziv``
+    (shortcut and the rest) gives what rounding both ends gives everywhere."""
+    n = 20000
+    h = rng.uniform(1, 2, n) * np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    h[: n // 5] = np.sign(h[: n // 5])  # powers of two
+    ulp = np.spacing(np.abs(h))
+    kind = rng.integers(0, 5, n)
+    lo = np.select([kind == 0, kind == 1, kind == 2, kind == 3],
+                   [ulp / 2, -ulp / 2, -ulp / 4, rng.uniform(-0.5, 0.5, n) * ulp],
+                   rng.uniform(-0.5, 0.5, n) * ulp * 2.0**-30)  # fmt: skip
+    lo[np.abs(lo) > ulp / 2] = 0.0
+    radius = np.abs(h) * np.exp2(-rng.uniform(50, 110, n)) * (rng.random(n) < 0.9)
+    q = rng.choice([0, -1, -1021, -1022, -1023, -1060, 1023, 1024, -40, 40], n).astype(np.int32)
+    fmt = get_format("float64")
+    with np.errstate(over="ignore"):
+        short, short_ok = dd.ziv_double(h, lo, q, radius)
+    full, full_ok = dd._ziv_rounded(h, lo, q, radius, fmt)
+    assert np.all(full_ok[short_ok]) and np.array_equal(full[short_ok], short[short_ok])
+    value, ok = dd.ziv(h, lo, q, radius, fmt)
+    assert np.array_equal(ok, full_ok) and np.array_equal(value[ok], full[ok])
+    assert short_ok[(q == 0) & (kind == 4)].mean() > 0.9  # the shortcut takes the plain cells
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
@@ -166,6 +228,17 @@ def test_fast_path_agrees_with_mpmath_in_every_regime(loss: str, fmt: str, regim
 
 def test_fast_path_agrees_on_a_wide_row() -> None:
     for case in draw_cases("sparse_softmax_cross_entropy_with_logits", "float32", "wide", 1, 3):
+        assert_same(case)
+
+
+@pytest.mark.parametrize(("loss", "fmt", "regime"), [g for g in GROUPS if "softmax" in g[0]])
+def test_softmax_blocks_in_numpy_agree_with_mpmath(
+    loss: str, fmt: str, regime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same cases with numba turned off (CI has it): softmax's passes over every cell
+    in numpy blocks."""
+    monkeypatch.setenv("STABCHECK_NUMBA", "0")
+    for case in draw_cases(loss, fmt, regime, 8, seed=7):
         assert_same(case)
 
 
@@ -237,3 +310,32 @@ def test_rational_rows_are_decided_exactly() -> None:
         assert_same(case)
         assert evaluate(case, grad=True, fast=True).fast.all()
     assert np.signbit(evaluate(tied, grad=True, fast=True).gradient[0]).sum() == 0
+
+
+def test_numba_kernels_give_the_numpy_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With numba, softmax's passes over every cell run compiled, to the same results
+    (only the order of the plain row sums differs: conditions agree to 1e-12)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 3, (6, 300))
+    x[1, ::7] = -np.inf
+    x[2, :5] = x[2].max()  # ties at the maximum
+    x[3, 1:] = x[3, 0] - rng.uniform(700, 1400, 299)  # a loss far below the exact part
+    cases = [
+        Case.build("sparse_softmax_cross_entropy_with_logits", x, rng.integers(0, 300, 6)),
+        Case.build("softmax_cross_entropy_with_logits", x, rng.dirichlet(np.ones(300), 6)),
+        Case.build("sparse_softmax_cross_entropy_with_logits", x, rng.integers(0, 300, 6),
+                   format="float32"),
+    ]  # fmt: skip
+    for case in cases:
+        monkeypatch.setenv("STABCHECK_NUMBA", "0")
+        plain = evaluate(case, grad=True, fast=True)
+        monkeypatch.setenv("STABCHECK_NUMBA", "1")
+        compiled = evaluate(case, grad=True, fast=True)
+        for a, b in ((plain.value, compiled.value), (plain.gradient, compiled.gradient)):
+            assert np.array_equal(a, b, equal_nan=True)
+        assert np.array_equal(plain.fast, compiled.fast) and plain.fast.any()
+        np.testing.assert_allclose(compiled.gradient_condition, plain.gradient_condition,
+                                   rtol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(compiled.condition, plain.condition, rtol=1e-12)
+        assert_same(case)
