@@ -57,6 +57,7 @@ DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
+RUNNER_MEMORY = 2 * 2**30  # bytes: an implementation process past this peak is replaced
 
 
 @dataclass(frozen=True)
@@ -583,10 +584,10 @@ class _Runners:
 
 
 class _Runner:
-    """A child process that runs implementations of one library, restarted after a timeout
-    or a crash; a call that times out is tried once more in a fresh process before it is
-    recorded as a timeout. Forked, so it inherits every implementation the parent has
-    loaded."""
+    """A child process that runs implementations of one library, restarted after a timeout,
+    a crash, or a call that leaves it past ``RUNNER_MEMORY``; a call that times out is tried
+    once more in a fresh process before it is recorded as a timeout. Forked, so it
+    inherits every implementation the parent has loaded."""
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name, self.timeout = name, timeout
@@ -637,12 +638,15 @@ class _Runner:
                 "fresh process)",
             )
         try:
-            return self.conn.recv()
+            outcome, memory = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(timeout=5)
             code = self.process.exitcode
             self.close()
             return Outcome(status=ERROR, note=f"the process died (exit code {code})")
+        if memory > RUNNER_MEMORY:
+            self.close()  # JIT caches grow with every new shape: the next call starts afresh
+        return outcome
 
     def _start(self) -> None:
         context = multiprocessing.get_context("fork")
@@ -671,7 +675,15 @@ def _serve(conn: Any) -> None:
         except EOFError:
             return
         impl = get_implementation(name, loss) if ":" in name else _find(name, loss)
-        conn.send(_protected(impl, case, grad))
+        conn.send((_protected(impl, case, grad), _peak_memory()))
+
+
+def _peak_memory() -> int:
+    """This process's peak resident memory, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
 
 
 def _find(name: str, loss: str) -> Implementation:

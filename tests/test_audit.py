@@ -244,6 +244,20 @@ def test_an_interrupted_run_in_processes_keeps_whole_tasks_in_order(runner_pids)
     assert not [pid for pid in runner_pids() if _alive(pid)]
 
 
+def test_an_implementation_process_past_its_memory_limit_is_replaced(runner_pids, monkeypatch):
+    from stabcheck import audit
+
+    config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
+                         formats=["float64"], regimes=["moderate"], examples=3, search=0,
+                         jobs=1)  # fmt: skip
+    kept = run_audit(config).frame()
+    assert len(runner_pids()) == 1
+    monkeypatch.setattr(audit, "RUNNER_MEMORY", 0)
+    replaced = run_audit(config).frame()
+    assert len(runner_pids()) == 1 + 3  # a fresh process for each of the 3 calls
+    assert kept.equals(replaced)
+
+
 def test_a_process_that_fails_or_dies_stops_the_run_with_the_task_named(monkeypatch):
     import os
 

@@ -129,23 +129,25 @@ def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) ->
 
 def _jax(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
     jax = require("jax")
-    if case.format.name == "float64":
-        # JAX computes float64 inputs in float32 unless x64 is on; it is turned on for the
-        # float64 audit (in the audit's child process, which holds only this family)
-        jax.config.update("jax_enable_x64", True)
     jnp = require("jax.numpy")
-    x = jnp.asarray(case.predictions)
-    labels = jnp.asarray(case.labels)
-    out = fn(x, labels, **case.params)
-    gradient = None
-    if grad:
-        gradient = jax.grad(lambda v: jnp.sum(fn(v, labels, **case.params)))(x)
+    # JAX computes float64 inputs in float32 unless x64 is on: on for float64 cases, off
+    # (JAX's default) for the others, whatever ran before in the process
+    x64 = getattr(jax, "enable_x64", None)
+    if x64 is None:  # JAX before 0.5
+        from jax.experimental import enable_x64 as x64
+    with x64(case.format.name == "float64"):
+        x = jnp.asarray(case.predictions)
+        labels = jnp.asarray(case.labels)
+        out = fn(x, labels, **case.params)
+        gradient = None
+        if grad:
+            gradient = jax.grad(lambda v: jnp.sum(fn(v, labels, **case.params)))(x)
 
-    def back(t: Any) -> tuple[np.ndarray, str]:
-        array = np.asarray(t)
-        return array.astype(np.float64), array.dtype.name
+        def back(t: Any) -> tuple[np.ndarray, str]:
+            array = np.asarray(t)
+            return array.astype(np.float64), array.dtype.name
 
-    return Returned(*back(out), *(back(gradient) if gradient is not None else (None, None)))
+        return Returned(*back(out), *(back(gradient) if gradient is not None else (None, None)))
 
 
 def _wide(array: np.ndarray) -> np.ndarray:

@@ -23,9 +23,9 @@ x64 against the float64 oracle, ``optax.softmax_cross_entropy_with_integer_label
 ``[[0.1, 0.2, 0.3]]``, label 0, gives ``0x1.33b286p+0`` where the correctly rounded float64
 loss is ``0x1.33b286c8ce420p+0``: 210,560,032 ULPs (27.6 bits of error); on 8 rows of 5
 logits uniform in [-10, 10] the median is 2.2e8 ULPs and the worst 1.3e12 ULPs (a loss of
-0.0018 that cancels: relative error 1.6e-4). The audit turns x64 on for its float64 cases
-(``backends._jax``, in the audit's child process), so float64 rows measure JAX's float64
-arithmetic, not this default.
+0.0018 that cancels: relative error 1.6e-4). The audit turns x64 on for the calls on float64 cases
+only (``backends._jax``, call by call, whatever ran before), so float64 rows measure JAX's
+float64 arithmetic, not this default, and the other formats JAX's default.
 
 Measured behaviour at infinities (reverse mode, ``jax.grad``, as the audit differentiates):
 a ``-inf`` logit under a zero label gets exactly 0 gradient from every softmax form here,

@@ -60,8 +60,8 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 # Checked on CPU with Keras 3.15 (tests/adapters/test_keras.py and the audit): every backend
 # takes all four formats and returns the input dtype, except JAX's two sparse functions, whose
-# one-hot labels are float32 (float64 once a float64 case has turned x64 on) and promote the
-# result: float16 and bfloat16 come back as float32, and after x64 every format as float64.
+# one-hot labels are float32 (float64 under x64, which the audit turns on for float64 cases
+# only) and promote the result: float16 and bfloat16 come back as float32.
 # The audit notes the returned dtype.
 FORMATS = {
     "tensorflow": ("float64", "float32", "float16", "bfloat16"),

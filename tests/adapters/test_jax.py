@@ -2,9 +2,9 @@
 
 JAX never runs in the pytest process: its configuration (``jax_enable_x64``) is process
 global, and once its threads have started it warns about (and may deadlock in) the forked
-children of the audit. The fixed cases run in two subprocesses side by side (float32 then
-float64, which turns x64 on there; float16 and bfloat16); the audits run JAX in their own
-children, as they always do.
+children of the audit. The fixed cases run in two subprocesses side by side (float32 and
+float64; float16 and bfloat16; x64 is on for the float64 calls only); the audits run JAX in
+their own children, as they always do.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def infinite(loss: str, fmt: str) -> Case:
 
 
 BUILD = {"ordinary": ordinary, "masked": masked, "infinite": infinite}
-GROUPS = (("float32", "float64"), ("float16", "bfloat16"))  # float64 after float32: x64
+GROUPS = (("float32", "float64"), ("float16", "bfloat16"))
 REQUESTS = [
     (name, loss, kind, fmt)
     for formats in GROUPS
