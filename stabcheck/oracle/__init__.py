@@ -102,12 +102,14 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
     shape, pshape = case.output_shape, case.predictions.shape
     value, gradient = fastpath.evaluate(case, grad) if fast else fastpath.nothing(case, grad)
     decided = value.ok.reshape(-1).copy()  # per unit: its value and all its gradient
+    # the mpmath units' results go into the fast path's arrays (to_mpf reads only h, lo, q
+    # and ok, which stay as they are)
     if gradient is not None:
         decided &= gradient.ok.reshape(decided.size, -1).all(axis=1)
-        flat_grad = gradient.value.reshape(decided.size, -1).copy()
-        grad_conds = gradient.condition.reshape(decided.size, -1).copy()
-    flat_value = value.value.reshape(-1).copy()
-    conds = value.condition.reshape(-1).copy()
+        flat_grad = gradient.value.reshape(decided.size, -1)
+        grad_conds = gradient.condition.reshape(decided.size, -1)
+    flat_value = value.value.reshape(-1)
+    conds = value.condition.reshape(-1)
     precs = np.full(flat_value.size, fastpath.FAST_PRECISION, dtype=np.int64)
     exacts: dict[int, Any] = {}
     grad_exacts: dict[int, list[Any]] = {}
@@ -213,7 +215,7 @@ def _units(case: Case, grad: bool, which: np.ndarray | None = None) -> Iterator[
     """(index, oracle unit) per output element or row (only those in ``which``, if given),
     chosen from the catalogue's spec."""
     spec = case.loss
-    preds = case.predictions.astype(np.float64)
+    preds = case.predictions.astype(np.float64, copy=False)
     units = preds.shape[0] if spec.rowwise else preds.size
     wanted = np.ones(units, dtype=bool) if which is None else which
     if not spec.rowwise:
