@@ -133,7 +133,7 @@ def _jax(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Return
     # JAX computes float64 inputs in float32 unless x64 is on: on for float64 cases, off
     # (JAX's default) for the others, whatever ran before in the process
     x64 = getattr(jax, "enable_x64", None)
-    if x64 is None:  # JAX before 0.5
+    if x64 is None:  # older JAX has it only in jax.experimental
         from jax.experimental import enable_x64 as x64
     with x64(case.format.name == "float64"):
         x = jnp.asarray(case.predictions)
