@@ -5,6 +5,7 @@ from stabcheck.errors import (
     InvalidArgument,
     PrecisionLimitReached,
     StabcheckError,
+    UnsupportedFormat,
 )
 from stabcheck.formats import FORMATS, Format, get_format
 from stabcheck.losses import LOSSES, LossSpec, get_loss
@@ -20,6 +21,7 @@ __all__ = [
     "LossSpec",
     "PrecisionLimitReached",
     "StabcheckError",
+    "UnsupportedFormat",
     "get_format",
     "get_loss",
 ]

@@ -2,17 +2,20 @@
 
 For each loss, format and regime the cases are drawn once (hypothesis, seeded per group
 so that adding a loss does not change another's cases), the oracle is evaluated once per
-case, and every selected implementation runs on the same cases in a child process of its
-own, with a time limit (a call that exceeds it is tried once more in a fresh process): an
-implementation that raises, hangs, crashes or returns something unusable becomes a row
-with status ``error`` or ``timeout`` and the audit carries on.
+case, and every selected implementation runs on the same cases in a child process
+(``stabcheck.runner``), with a time limit (a call that exceeds it is tried once more in a
+fresh process): an implementation that raises, hangs, crashes or returns something unusable
+becomes a row with status ``error`` or ``timeout`` and the audit carries on; a library that
+turns a format down is noted as unsupported in it, with what it said.
 With ``search``, each implementation then gets a targeted search of its own per group
 (``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
 (origin ``search``; the drawn cases have origin ``drawn``). Cases of a regression corpus
 (``corpus=``, see ``stabcheck.gate``) are measured too, with origin ``corpus``.
 The groups (and slices of the corpus) are tasks that run in one process per core
 (``AuditConfig.jobs``), each with its own implementation processes; their rows are merged
-in task order, so a run's result does not depend on how many processes ran it.
+in task order, so a run's result does not depend on how many processes ran it. An
+interrupt (SIGINT, or SIGTERM under ``stabcheck._signals.stop_on_signals``) keeps whole
+tasks and leaves no process behind.
 One row of the returned DataFrame is one measurement (see ``COLUMNS``).
 """
 
@@ -27,23 +30,23 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
+from stabcheck import _signals
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached
 from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import (
     Implementation,
     backends,
-    get_implementation,
     implementations,
+    user_implementation,
 )
 from stabcheck.losses import get_loss, loss_names
-from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, SEVERITY, TIMEOUT, Measurement, measure
+from stabcheck.measure import DEFAULT_MAX_ULPS, SEVERITY, Measurement, measure
 from stabcheck.oracle import OracleResult, evaluate
+from stabcheck.runner import UNSUPPORTED, Outcome, Runner, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
 from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
 
@@ -56,8 +59,8 @@ DEFAULT_EXAMPLES = 8
 DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
 WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; longer limits are mistakes (or inf)
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
-RUNNER_MEMORY = 2 * 2**30  # bytes: an implementation process past this peak is replaced
 
 
 @dataclass(frozen=True)
@@ -77,35 +80,121 @@ class AuditConfig:
     jobs: int | None = None  # processes measuring at once; None: one per core
 
     def validated(self) -> AuditConfig:
-        """Check every argument up front, with the fix in the message."""
-        if (
-            isinstance(self.examples, bool)
-            or not isinstance(self.examples, int)
-            or (self.examples < 1)
-        ):
-            raise InvalidArgument(f"examples={self.examples!r} must be a positive integer")
-        if isinstance(self.search, bool) or not isinstance(self.search, int) or self.search < 0:
-            raise InvalidArgument(f"search={self.search!r} must be a non-negative integer")
-        if self.jobs is not None and (
-            isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1
-        ):
-            raise InvalidArgument(f"jobs={self.jobs!r} must be a positive number of processes")
-        if not self.timeout > 0:
-            raise InvalidArgument(f"timeout={self.timeout!r} must be a positive number of seconds")
-        if not self.max_ulps >= 0:
-            raise InvalidArgument(f"max_ulps={self.max_ulps!r} must be a non-negative number")
+        """Check every argument up front, with the fix in the message, and return the
+        configuration with canonical names, each once (``f32`` and ``float32`` are one
+        format). A user's ``module:function`` is imported here, in a child process, so
+        that an import that fails, exits or hangs is an error before the run."""
+        _count("examples", self.examples, 1)
+        _count("search", self.search, 0)
+        if self.jobs is not None:
+            _count("jobs", self.jobs, 1, "a positive number of processes")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidArgument(f"seed={self.seed!r} must be an integer")
+        if not _real(self.timeout) or not 0 < self.timeout <= MAX_TIMEOUT:
+            raise InvalidArgument(
+                f"timeout={self.timeout!r} must be a number of seconds above 0 and at most "
+                f"{MAX_TIMEOUT:g} (a week), e.g. 60"
+            )
+        if not _real(self.max_ulps) or not 0 <= self.max_ulps < math.inf:
+            raise InvalidArgument(
+                f"max_ulps={self.max_ulps!r} must be a finite non-negative number of ULPs"
+            )
+        config = replace(
+            self,
+            implementations=_unique("implementations", self.implementations, str.strip),
+            losses=_unique("losses", self.losses, lambda x: get_loss(x).name),
+            formats=_unique("formats", self.formats, lambda f: get_format(f).name),
+            regimes=_unique("regimes", self.regimes, lambda r: get_regime(r).name),
+        )
+        config._check_selection()
+        return config
+
+    def _check_selection(self) -> None:
+        """Everything named is installed and measures something; a user's function says
+        which loss it computes, imports cleanly, and is not asked for gradients it lacks."""
+        named = self.implementations or ()
+        users = [name for name in named if ":" in name]
+        losses = self.losses or tuple(loss_names())
+        for name in named:
+            if ":" in name:
+                continue
+            found = implementations(names=name)
+            for impl in found:
+                if not impl.available:
+                    raise AdapterUnavailable(f"implementation {name!r}: {_install_hint(impl)}")
+            if not any(impl.loss in losses for impl in found):
+                raise InvalidArgument(
+                    f"implementations={name!r} implements none of the selected losses "
+                    f"({', '.join(losses)}); it implements {', '.join(i.loss for i in found)}"
+                )
+        if users and not self.losses:
+            raise InvalidArgument(
+                f"implementations={users[0]!r} is a function of your own: say which loss it "
+                f"computes with losses=[...] (--loss NAME, one of {', '.join(loss_names())}); "
+                "stabcheck does not guess it, and would otherwise run it on every loss"
+            )
+        if users and self.grad:
+            raise InvalidArgument(
+                f"grad=True (--grad): {users[0]!r} is called as a numpy function, and numpy "
+                "has no autodiff, so its gradients cannot be measured here; drop --grad to "
+                "measure its values, or measure gradients in Python with "
+                "stabcheck.check.check(fn, loss, grad=True, grad_fn=...) (grad_fn returns "
+                "d(sum of losses)/d(predictions)) or backend='torch', 'tensorflow' or 'jax'"
+            )
         for loss in self.losses or ():
-            get_loss(loss)
-        for fmt in self.formats or ():
-            get_format(fmt)
+            if named and not users and not implementations(names=named, losses=loss):
+                raise InvalidArgument(
+                    f"losses={loss!r}: none of the selected implementations "
+                    f"({', '.join(named)}) implements it; add one that does, or drop the loss"
+                )
+            if self.regimes and not set(self.regimes) & set(regimes_for(loss)):
+                raise InvalidArgument(
+                    f"losses={loss!r}: none of the selected regimes ({', '.join(self.regimes)})"
+                    f" applies to it, so nothing would be measured; its regimes: "
+                    f"{', '.join(regimes_for(loss))}"
+                )
         for regime in self.regimes or ():
-            get_regime(regime)
-        for name in self.implementations or ():
-            if ":" not in name:
-                for impl in implementations(names=name):
-                    if not impl.available:
-                        raise AdapterUnavailable(f"implementation {name!r}: {_install_hint(impl)}")
-        return self
+            if not any(regime in regimes_for(loss) for loss in losses):
+                applies = [x for x in loss_names() if regime in regimes_for(x)]
+                raise InvalidArgument(
+                    f"regimes={regime!r} applies to none of the selected losses, so nothing "
+                    f"would be measured; it applies to {', '.join(applies)}"
+                )
+        for name in users:
+            check_user(name, self.timeout)
+
+    def without_gradients(self) -> list[str]:
+        """With ``grad``, the selected implementations whose gradients cannot be measured
+        (numpy functions without a gradient function: scipy's and scikit-learn's)."""
+        if not self.grad:
+            return []
+        named = self.implementations
+        names = None if named is None else [n for n in named if ":" not in n]
+        found = implementations(names=names, losses=self.losses or loss_names())
+        return list(dict.fromkeys(i.name for i in found if not i.differentiable))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(name: str, value: Any, least: int, what: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = what or ("a positive integer" if least else "a non-negative integer")
+        raise InvalidArgument(f"{name}={value!r} must be {kind}")
+
+
+def _unique(
+    name: str, values: Sequence[str] | None, canonical: Callable[[str], str]
+) -> tuple[str, ...] | None:
+    """Each value once, by canonical name, in the order given; None stays None."""
+    if values is None:
+        return None
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise InvalidArgument(f"{name}={values!r} must be a list of names")
+    if not values:
+        raise InvalidArgument(f"{name}=[] is empty; give at least one, or None for all")
+    return tuple(dict.fromkeys(canonical(v) for v in values))
 
 
 @dataclass
@@ -119,8 +208,20 @@ class AuditResult:
     interrupted: bool = False
     seconds: float = 0.0
     implementations: dict[str, Implementation] = field(default_factory=dict)  # one per name
-    unsupported: dict[str, list[str]] = field(default_factory=dict)  # name -> formats
+    # name -> {format: why}; the reason is "" where the adapter declares the format absent
+    unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # name -> how to install
+    without_gradients: list[str] = field(default_factory=list)  # with grad: values only
+
+    def add(self, part: AuditResult) -> None:
+        """Add what ``part`` (one task, measured in another process perhaps) found."""
+        self.rows.extend(part.rows)
+        self.cases.update(part.cases)
+        self.oracle_failures.extend(part.oracle_failures)
+        for path, count in part.oracle_units.items():
+            self.oracle_units[path] += count
+        for name, formats in part.unsupported.items():
+            self.unsupported.setdefault(name, {}).update(formats)
 
     def frame(self) -> Any:
         """The measurements as a pandas DataFrame with the columns ``COLUMNS``."""
@@ -169,20 +270,20 @@ def oracle(case: Case, grad: bool, units: dict[str, int]) -> OracleResult:
 
 def search_worst(
     impl: Implementation,
-    runner: _Runner,
+    runner: Runner,
     group: tuple[str, str, str],
     config: AuditConfig,
-    units: dict[str, int] | None = None,
+    into: AuditResult | None = None,
 ) -> tuple[Case, list[dict[str, Any]]] | None:
     """The case of ``group`` with the most bits of error that ``config.search`` targeted
-    examples find for ``impl`` (hard failures score above any finite error); ``units``
-    counts the oracle's results by path."""
+    examples find for ``impl`` (hard failures score above any finite error); ``into``
+    counts the oracle's results by path and notes a format the library turns down."""
     from hypothesis import HealthCheck, Phase, assume, given, settings, target
     from hypothesis import seed as fixed_seed
 
     loss, fmt, regime = group
     best: list[Any] = [-1.0, None, None]
-    counts = {"fast": 0, "mpmath": 0} if units is None else units
+    into = AuditResult() if into is None else into
 
     @fixed_seed(group_seed(config.seed, loss, fmt, regime) ^ zlib.crc32(impl.name.encode()))
     @settings(
@@ -195,10 +296,13 @@ def search_worst(
     @given(case_strategy(loss, fmt, regime))
     def probe(case: Case) -> None:
         try:
-            exact = oracle(case, config.grad, counts)
+            exact = oracle(case, config.grad, into.oracle_units)
         except PrecisionLimitReached:
             assume(False)
         outcome = runner.call(impl, case, config.grad)
+        if outcome.status == UNSUPPORTED:
+            into.unsupported.setdefault(impl.name, {})[fmt] = outcome.note
+            assume(False)
         rows = list(_rows(impl, case, exact, outcome, config, "search"))
         score = max(_score(row) for row in rows)
         target(score, label="bits of error")
@@ -236,19 +340,14 @@ def run_audit(
     """
     config = config.validated()
     start = time.perf_counter()
-    result = AuditResult()
+    result = AuditResult(without_gradients=config.without_gradients())
     tasks = _tasks(config, corpus, draw, result)
     jobs = min(config.jobs or CORES, len(tasks))
     if "fork" not in multiprocessing.get_all_start_methods():
         jobs = 1  # each process inherits the parent's implementations by forking
 
     def merge(part: AuditResult) -> None:
-        if part is not result:
-            result.rows.extend(part.rows)
-            result.cases.update(part.cases)
-            result.oracle_failures.extend(part.oracle_failures)
-            for path, count in part.oracle_units.items():
-                result.oracle_units[path] += count
+        result.add(part)
         if checkpoint:
             checkpoint(result)
 
@@ -256,13 +355,14 @@ def run_audit(
         if jobs > 1:
             _in_processes(tasks, config, jobs, progress, merge)
         else:
-            runners = _Runners(config.timeout, CORES)  # calls at once: all cores
+            runners = Runners(config.timeout, CORES)  # calls at once: all cores
             try:
                 for number, task in enumerate(tasks, 1):
                     if progress:
                         progress(task.label, number, len(tasks))
-                    _run_task(task, config, runners, result)
-                    merge(result)
+                    part = AuditResult()
+                    _run_task(task, config, runners, part)
+                    merge(part)  # whole tasks only: an interrupt drops the task it stops
             finally:
                 runners.close()
     except KeyboardInterrupt:
@@ -307,10 +407,17 @@ def _tasks(
     return tasks
 
 
-def _run_task(task: _Task, config: AuditConfig, runners: _Runners, into: AuditResult) -> None:
-    """Measure ``task``'s cases, adding rows, cases, oracle failures and counts to ``into``."""
+def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditResult) -> None:
+    """Measure ``task``'s cases, adding rows, cases, oracle failures and counts to ``into``;
+    an implementation whose library turns the format down is noted once and left out."""
+
+    def supported(impls: Sequence[Implementation], fmt: str) -> list[Implementation]:
+        return [impl for impl in impls if fmt not in into.unsupported.get(impl.name, {})]
 
     def measure_case(case: Case, impls: Sequence[Implementation], origin: str) -> None:
+        impls = supported(impls, case.format.name)
+        if not impls:
+            return
         try:
             exact = oracle(case, config.grad, into.oracle_units)
         except PrecisionLimitReached as exc:
@@ -318,7 +425,10 @@ def _run_task(task: _Task, config: AuditConfig, runners: _Runners, into: AuditRe
             return
         into.cases[case.id] = case
         for impl, outcome in runners.run(impls, case, config.grad):
-            into.rows.extend(_rows(impl, case, exact, outcome, config, origin))
+            if outcome.status == UNSUPPORTED:
+                into.unsupported.setdefault(impl.name, {})[case.format.name] = outcome.note
+            else:
+                into.rows.extend(_rows(impl, case, exact, outcome, config, origin))
 
     if task.group is not None:
         loss, fmt, regime = task.group
@@ -326,9 +436,8 @@ def _run_task(task: _Task, config: AuditConfig, runners: _Runners, into: AuditRe
         for case in draw_cases(loss, fmt, regime, examples, config.seed):
             measure_case(case, task.impls, "drawn")
         if config.search and regime != "wide":
-            for impl in task.impls:
-                found = search_worst(impl, runners.get(impl), task.group, config,
-                                     into.oracle_units)  # fmt: skip
+            for impl in supported(task.impls, fmt):
+                found = search_worst(impl, runners.get(impl), task.group, config, into)
                 if found is not None:
                     case, rows = found
                     into.cases[case.id] = case
@@ -353,7 +462,9 @@ def _in_processes(
     for _ in range(jobs):
         conn, child = context.Pipe()
         ends = [c for _, c in workers] + [conn]  # the parent's, for the child to close
-        process = context.Process(target=_work, args=(child, ends, tasks, config, parallel))
+        process = context.Process(
+            target=_work, args=(child, ends, tasks, config, parallel, os.getpid())
+        )
         process.start()
         child.close()
         workers.append((process, conn))
@@ -389,6 +500,8 @@ def _in_processes(
                         raise EOFError
                     outcome = conn.recv()
                 except (EOFError, OSError):
+                    if _signals.received():
+                        raise KeyboardInterrupt from None  # stopped with us by the signal
                     raise RuntimeError(
                         f"an audit process died while measuring {tasks[index].label}"
                     ) from None
@@ -418,24 +531,27 @@ def _in_processes(
 
 
 def _work(
-    conn: Any, ends: list[Any], tasks: list[_Task], config: AuditConfig, parallel: int
-) -> None:
+    conn: Any, ends: list[Any], tasks: list[_Task], config: AuditConfig, parallel: int,
+    parent: int,
+) -> None:  # fmt: skip
     """An audit process: run the tasks whose index arrives on ``conn``, send back each
     one's ``AuditResult`` (or the traceback of a failure), until ``None`` or the end of the
     pipe arrives. ``ends`` are the parent's ends of the pipes, inherited by the fork: closed
-    here, so that the parent's exit reaches every worker as the end of its pipe."""
+    here, so that the parent's exit reaches every worker as the end of its pipe. SIGTERM,
+    or the parent's death, stops it after closing its implementation processes."""
     import signal
     import traceback
 
     for end in ends:
         end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)
 
+    _signals.child_signals()
     signal.signal(signal.SIGTERM, stop)
-    runners = _Runners(config.timeout, parallel)
+    _signals.die_with_parent(parent, signal.SIGTERM)
+    runners = Runners(config.timeout, parallel)
     try:
         while True:
             try:
@@ -483,7 +599,8 @@ def _implementations(
         found = []
         for name in config.implementations:
             if ":" in name:
-                found.append(get_implementation(name, loss))
+                description = check_user(name, config.timeout)
+                found.append(user_implementation(name, loss, description=description))
             else:
                 found.extend(implementations(names=name, losses=loss))
     chosen = []
@@ -491,9 +608,7 @@ def _implementations(
         if not impl.available:
             result.unavailable[impl.name] = _install_hint(impl)
         elif fmt not in impl.formats:
-            formats = result.unsupported.setdefault(impl.name, [])
-            if fmt not in formats:
-                formats.append(fmt)
+            result.unsupported.setdefault(impl.name, {})[fmt] = ""
         else:
             result.implementations.setdefault(impl.name, impl)
             chosen.append(impl)
@@ -504,198 +619,6 @@ def _install_hint(impl: Implementation) -> str:
     missing = [m for m in impl.requires if not backends.installed(m)]
     extras = sorted({backends.EXTRAS.get(m, m) for m in missing})
     return f"{', '.join(missing)} not installed: pip install 'stabcheck[{','.join(extras)}]'"
-
-
-# -- running an implementation ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one call returned: float64 arrays, or the reason there are none."""
-
-    values: np.ndarray | None = None
-    gradient: np.ndarray | None = None
-    status: str = "ok"  # ok, error or timeout
-    note: str = ""
-
-
-def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
-    """Call ``impl`` on ``case`` in this process and check what comes back."""
-    returned = backends.call(impl.backend, impl.fn, impl.grad, case, grad)
-    notes: list[str] = []
-    values = _checked("returned", returned.values, returned.values_dtype, case.output_shape,
-                      case, notes)  # fmt: skip
-    gradient = None
-    if returned.gradient is not None:
-        gradient = _checked("gradient", returned.gradient, returned.gradient_dtype,
-                            case.predictions.shape, case, notes)  # fmt: skip
-    return Outcome(values, gradient, note="; ".join(notes))
-
-
-def _checked(
-    what: str, array: np.ndarray, dtype: str | None, shape: tuple[int, ...], case: Case,
-    notes: list[str],
-) -> np.ndarray:  # fmt: skip
-    if array.shape != shape:
-        raise TypeError(f"{what} shape {array.shape}; expected {shape}")
-    if dtype != case.format.name:
-        notes.append(f"{what} {dtype} for {case.format.name} input")
-    return array
-
-
-class _Runners:
-    """One ``_Runner`` per library and backend (the implementations of ``torch``, of
-    ``keras`` on JAX, of stabcheck, ...; a user's ``module:function`` has its own), so that
-    each framework is imported once; ``parallel`` of them call at once (more than there are
-    cores would stretch each call towards its time limit)."""
-
-    def __init__(self, timeout: float, parallel: int) -> None:
-        self.timeout, self.parallel = timeout, parallel
-        self.runners: dict[str, _Runner] = {}
-
-    def get(self, impl: Implementation) -> _Runner:
-        key = impl.name if ":" in impl.name else f"{impl.library}[{impl.backend}]"
-        if key not in self.runners:
-            self.runners[key] = _Runner(key, self.timeout)
-        return self.runners[key]
-
-    def run(
-        self, impls: Sequence[Implementation], case: Case, grad: bool
-    ) -> Iterator[tuple[Implementation, Outcome]]:
-        """Each implementation's outcome on ``case``, in the order of ``impls``; calls run
-        together in batches of at most ``parallel`` runners, each busy with one call."""
-        batch: list[Implementation] = []
-        for impl in impls:
-            runner = self.get(impl)
-            if len(batch) == self.parallel or any(self.get(b) is runner for b in batch):
-                yield from self._collect(batch)
-            runner.submit(impl, case, grad)
-            batch.append(impl)
-        yield from self._collect(batch)
-
-    def _collect(self, batch: list[Implementation]) -> Iterator[tuple[Implementation, Outcome]]:
-        for impl in batch:
-            yield impl, self.get(impl).result()
-        batch.clear()
-
-    def close(self) -> None:
-        for runner in self.runners.values():
-            runner.close()
-
-
-class _Runner:
-    """A child process that runs implementations of one library, restarted after a timeout,
-    a crash, or a call that leaves it past ``RUNNER_MEMORY``; a call that times out is tried
-    once more in a fresh process before it is recorded as a timeout. Forked, so it
-    inherits every implementation the parent has loaded."""
-
-    def __init__(self, name: str, timeout: float) -> None:
-        self.name, self.timeout = name, timeout
-        self.process: Any = None
-        self.conn: Any = None
-        self.started = 0.0
-        self.pending: Outcome | None = None
-        self.call_args: tuple[Implementation, Case, bool] | None = None
-        self.retried = False
-
-    def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
-        """Run one call and wait for it."""
-        self.submit(impl, case, grad)
-        return self.result()
-
-    def submit(self, impl: Implementation, case: Case, grad: bool) -> None:
-        """Start one call; ``result`` collects it (other runners may work meanwhile)."""
-        self.call_args = (impl, case, grad)
-        self.retried = False
-        self._send()
-
-    def _send(self) -> None:
-        impl, case, grad = self.call_args
-        self.started = time.perf_counter()
-        if "fork" not in multiprocessing.get_all_start_methods():
-            self.pending = _protected(impl, case, grad)  # no isolation without fork (Windows)
-            return
-        self.pending = None
-        if self.process is None or not self.process.is_alive():
-            self._start()
-        self.conn.send((impl.loss, impl.name, case, grad))
-
-    def result(self) -> Outcome:
-        if self.pending is not None:
-            return self.pending
-        left = self.timeout - (time.perf_counter() - self.started)
-        if not self.conn.poll(max(left, 0.0)):
-            self.close()
-            if not self.retried:
-                # a loaded machine can stretch one call (a JIT compile) past the limit: try
-                # once more in a fresh process before recording a timeout
-                self.retried = True
-                self._send()
-                return self.result()
-            return Outcome(
-                status=TIMEOUT,
-                note=f"no answer within {self.timeout:g} s, twice (the second time in a "
-                "fresh process)",
-            )
-        try:
-            outcome, memory = self.conn.recv()
-        except (EOFError, OSError):
-            self.process.join(timeout=5)
-            code = self.process.exitcode
-            self.close()
-            return Outcome(status=ERROR, note=f"the process died (exit code {code})")
-        if memory > RUNNER_MEMORY:
-            self.close()  # JIT caches grow with every new shape: the next call starts afresh
-        return outcome
-
-    def _start(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child,), daemon=True)
-        self.process.start()
-        child.close()
-
-    def close(self) -> None:
-        if self.process is not None:
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join(timeout=5)
-            self.process = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def _serve(conn: Any) -> None:
-    if "torch" in sys.modules:  # a thread pool started before the fork would hang the child
-        sys.modules["torch"].set_num_threads(1)
-    while True:
-        try:
-            loss, name, case, grad = conn.recv()
-        except EOFError:
-            return
-        impl = get_implementation(name, loss) if ":" in name else _find(name, loss)
-        conn.send((_protected(impl, case, grad), _peak_memory()))
-
-
-def _peak_memory() -> int:
-    """This process's peak resident memory, in bytes."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
-
-
-def _find(name: str, loss: str) -> Implementation:
-    return implementations(names=name, losses=loss)[0]
-
-
-def _protected(impl: Implementation, case: Case, grad: bool) -> Outcome:
-    try:
-        with np.errstate(all="ignore"):
-            return invoke(impl, case, grad)
-    except Exception as exc:  # the failure is the finding
-        return Outcome(status=ERROR, note=f"{type(exc).__name__}: {exc}"[:500])
 
 
 # -- rows ---------------------------------------------------------------------------------

@@ -784,9 +784,10 @@ class _Group:
         cached = self.cache.get(case.id)
         if cached is not None:
             return cached
-        from stabcheck.audit import Outcome, _rows, invoke
+        from stabcheck.audit import _rows
         from stabcheck.errors import PrecisionLimitReached
         from stabcheck.oracle import evaluate
+        from stabcheck.runner import Outcome, invoke
 
         try:
             exact = evaluate(case, grad=self.plan.grad)
@@ -905,12 +906,14 @@ def write_session_report(
     """Write the measurements of a test session into the directory ``out``:
     ``measurements.csv`` (the audit's columns and the test's node id), ``cases.jsonl.gz``,
     ``summary.md`` (one line per check, then the audit's tables), ``worst.md`` (the worst
-    measurements with reproductions) and ``run.json``; each file atomically."""
+    measurements with reproductions) and ``run.json``; as one set, replacing an earlier
+    report there as a whole (``stabcheck._files.replace_files``)."""
     import pandas as pd
 
+    from stabcheck._files import replace_files
     from stabcheck.audit import COLUMNS, AuditConfig, AuditResult
     from stabcheck.report import (
-        atomic_write,
+        REPORT_FILES,
         run_info,
         summary_markdown,
         worst_markdown,
@@ -918,7 +921,6 @@ def write_session_report(
     )
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows), columns=[*COLUMNS, "test"])
     audit = AuditResult(rows=[dict(r) for r in rows], cases=dict(cases))
     config = AuditConfig(
@@ -950,13 +952,14 @@ def write_session_report(
     body = audit_md[start + 1 :] if start >= 0 and not frame.empty else "No measurements.\n"
     summary = "\n".join(lines) + "\n\n" + body
     run = {"checks": list(checks), "versions": info["versions"]}
-    return [
-        atomic_write(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
-        atomic_write(out / "cases.jsonl.gz", lambda f: write_cases(f, dict(cases)), binary=True),
-        atomic_write(out / "summary.md", lambda f: f.write(summary)),
-        atomic_write(out / "worst.md", lambda f: f.write(worst_markdown(frame, dict(cases)))),
-        atomic_write(out / "run.json", lambda f: f.write(json.dumps(run, indent=2, default=str))),
-    ]
+    files = {
+        "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
+        "cases.jsonl.gz": (lambda f: write_cases(f, dict(cases)), True),
+        "summary.md": (lambda f: f.write(summary), False),
+        "worst.md": (lambda f: f.write(worst_markdown(frame, dict(cases))), False),
+        "run.json": (lambda f: f.write(json.dumps(run, indent=2, default=str)), False),
+    }
+    return replace_files(out, files, REPORT_FILES)
 
 
 def check_record(result: CheckResult, test: str = "") -> dict[str, Any]:

@@ -1,14 +1,27 @@
-"""The ``stabcheck`` command: ``list``, ``oracle``, ``audit`` and ``gate``."""
+"""The ``stabcheck`` command: ``list``, ``oracle``, ``audit`` and ``gate``.
+
+Exit statuses: 0 done (the gate: nothing worse than the baseline); 1 only from the gate,
+worse than the baseline; 2 could not run (a bad argument or input file, a framework not
+installed, a failure inside stabcheck), with a message saying why; 130 or 143 stopped by
+SIGINT or SIGTERM (the audit still writes what it measured, marked interrupted).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from stabcheck import _signals
 from stabcheck.errors import InvalidArgument, StabcheckError
+
+CANNOT_RUN = 2
+EPILOG = ("exit status: 0 done (gate: nothing worse), 1 gate only: worse than the baseline, "
+          "2 could not run (the message says why), 130/143 stopped by SIGINT/SIGTERM")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,13 +29,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with _signals.stop_on_signals():
+            return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"stabcheck {args.command}: stopped by {_stop_name()}", file=sys.stderr)
+        return _signals.exit_status()
     except InvalidArgument as exc:
         print(f"stabcheck {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except StabcheckError as exc:
         print(f"stabcheck {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return int(getattr(args, "error_status", 3))
+    except Exception as exc:  # never the gate's "worse": a failure is "could not run"
+        traceback.print_exc()
+        print(
+            f"stabcheck {args.command}: could not run: {type(exc).__name__}: {exc} (a failure "
+            "inside stabcheck: please report it with the traceback above)",
+            file=sys.stderr,
+        )
+    return CANNOT_RUN
+
+
+def _stop_name() -> str:
+    import signal
+
+    signum = _signals.received()
+    return signal.Signals(signum).name if signum else "an interrupt"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,30 +73,44 @@ def _parser() -> argparse.ArgumentParser:
         "it correctly to the format. Inputs are JSON arrays of numbers or of hex floats "
         "('0x1.8p+1', 'inf', 'nan'); they are cast to the format first, as numpy would.",
     )
-    oracle.add_argument("loss", help="a loss name, see `stabcheck list`")
+    oracle.add_argument("loss", nargs="?", help="a loss name, see `stabcheck list`")
     oracle.add_argument(
         "--predictions",
-        required=True,
         type=_json,
         metavar="JSON",
-        help="logits or probabilities, e.g. '[[2.0, 1.0, 0.1]]'",
+        help="logits or probabilities, e.g. '[[2.0, 1.0, 0.1]]'; @FILE reads a file, - stdin",
     )
     oracle.add_argument(
         "--labels",
-        required=True,
         type=_json,
         metavar="JSON",
-        help="targets shaped like the predictions, or class indices",
+        help="targets shaped like the predictions, or class indices; @FILE or - as above",
+    )
+    oracle.add_argument(
+        "--case",
+        type=_json,
+        metavar="JSON",
+        help="instead of LOSS, --predictions and --labels: a whole case as Case.to_json "
+        "writes it (worst.md, a failing check); @FILE reads a file, - stdin",
     )
     oracle.add_argument(
         "--pos-weight", type=_number, help="pos_weight of the weighted loss (decimal or hex)"
     )
-    oracle.add_argument("--format", default="float64", help="float64, float32, float16, bfloat16")
+    oracle.add_argument(
+        "--format", help="float64 (the default), float32, float16, bfloat16"
+    )
     oracle.add_argument("--grad", action="store_true", help="also the gradient")
     oracle.add_argument(
-        "--digits", type=int, default=30, help="significant digits of the exact value (default 30)"
+        "--digits",
+        type=int,
+        default=30,
+        help=f"significant digits of the exact value (default 30, at most {MAX_DIGITS})",
     )
-    oracle.add_argument("--json", action="store_true", help="print one JSON object")
+    oracle.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (strict JSON: non-finite numbers as 'inf', '-inf', 'nan')",
+    )
     oracle.set_defaults(run=_oracle)
 
     audit = commands.add_parser(
@@ -75,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run implementations x losses x formats x regimes on the same seeded "
         "cases, measure values (and gradients) against the oracle, and write "
         "measurements.csv, summary.md, worst.md, cases.jsonl.gz, run.json and plots to --out.",
+        epilog=EPILOG,
     )
     _selection(audit, gate=False)
     audit.add_argument("--out", required=True, help="directory for the report")
@@ -88,7 +133,10 @@ def _parser() -> argparse.ArgumentParser:
         "and quantity. Exit 1 when a status other than ok is counted more often, or max or "
         "median ULPs grow by more than max(--tolerance-ulps, --tolerance-fraction x the "
         "baseline's); exit 0 otherwise; exit 2 when the gate cannot run. Without --update, "
-        "the selection options may narrow the baseline's and the corpus options must match it.",
+        "the selection options may narrow the baseline's and the corpus options must match it. "
+        "A function of your own (--impl module:function) runs only when named here: a "
+        "baseline never chooses the code that runs.",
+        epilog=EPILOG,
     )
     gate.add_argument("--baseline", required=True, metavar="FILE", help="the baseline JSON file")
     gate.add_argument(
@@ -113,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --update: add the smallest failing case of each kind to the corpus",
     )
     gate.add_argument(
+        "--accept-errors",
+        action="store_true",
+        help="with --update: record entries whose every measurement is error or timeout "
+        "(refused by default: a function run on a loss it does not compute)",
+    )
+    gate.add_argument(
         "--summary", metavar="FILE", help="also write the comparison as markdown to FILE"
     )
     gate.add_argument(
@@ -130,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         help="growth of max/median ULPs tolerated as a fraction of the baseline (default 0.25)",
     )
     _selection(gate, gate=True)
-    gate.set_defaults(run=_gate, error_status=2)
+    gate.set_defaults(run=_gate)
     return parser
 
 
@@ -168,7 +222,11 @@ def _selection(parser: argparse.ArgumentParser, gate: bool) -> None:
         help="also measure gradients",
     )
     parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds one call may take (default 60)"
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds one call (and the import of a module:function) may take (default 60)",
     )
     parser.add_argument(
         "--jobs",
@@ -206,12 +264,28 @@ def _number(text: str) -> float:
 
 
 def _json(text: str) -> Any:
+    """JSON given inline, or read from @FILE, or from standard input for '-'."""
+    source = "it"
+    if text == "-":
+        text, source = sys.stdin.read(), "standard input"
+    elif text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise argparse.ArgumentTypeError(
+                f"cannot read {source!r} ({reason or exc}); give @FILE with JSON in it"
+            ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(
-            f"not valid JSON ({exc.msg}); write e.g. '[[2.0, 1.0]]' or '[\"0x1p-3\"]'"
+            f"{source} is not valid JSON ({exc.msg}); write e.g. '[[2.0, 1.0]]' or "
+            "'[\"0x1p-3\"]', @FILE for a file, - for standard input"
         ) from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{source} is nested too deeply") from None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -298,16 +372,39 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_DIGITS = 10_000  # of the exact value; more is a mistake, and slow
+
+
 def _oracle(args: argparse.Namespace) -> int:
     import numpy as np
 
     from stabcheck.case import Case
+    from stabcheck.formats import get_format
     from stabcheck.oracle import decimal, evaluate
 
-    if args.digits < 1:
-        raise InvalidArgument(f"--digits={args.digits} must be a positive number of digits")
-    params = {} if args.pos_weight is None else {"pos_weight": args.pos_weight}
-    case = Case.build(args.loss, args.predictions, args.labels, format=args.format, **params)
+    if not 1 <= args.digits <= MAX_DIGITS:
+        raise InvalidArgument(
+            f"--digits={args.digits} must be a number of digits from 1 to {MAX_DIGITS}"
+        )
+    if args.case is not None:
+        given = [name for name in ("loss", "predictions", "labels", "pos_weight")
+                 if getattr(args, name) is not None]  # fmt: skip
+        if given:
+            raise InvalidArgument(
+                f"--case holds the whole case; drop {given[0].replace('_', '-')} (or --case)"
+            )
+        case = Case.from_json(args.case)
+        if args.format is not None and get_format(args.format) is not case.format:
+            raise InvalidArgument(f"--case is in {case.format.name}; drop --format={args.format}")
+    else:
+        for name in ("loss", "predictions", "labels"):
+            if getattr(args, name) is None:
+                option = "LOSS" if name == "loss" else f"--{name}"
+                raise InvalidArgument(f"{option} is missing; give LOSS, --predictions and "
+                                      "--labels, or a whole case with --case")  # fmt: skip
+        params = {} if args.pos_weight is None else {"pos_weight": args.pos_weight}
+        case = Case.build(args.loss, args.predictions, args.labels,
+                          format=args.format or "float64", **params)  # fmt: skip
     result = evaluate(case, grad=args.grad)
     digits = decimal(case, args.digits)
     single = result.value.size == 1
@@ -316,19 +413,18 @@ def _oracle(args: argparse.Namespace) -> int:
         return np.vectorize(lambda v: float(v).hex(), otypes=[object])(array).tolist()
 
     if args.json:
+        condition = np.vectorize(_finite_or_text, otypes=[object])(result.condition)
         out: dict[str, Any] = {
             "loss": case.loss.name,
             "format": case.format.name,
             "value": hexes(result.value).pop() if single else hexes(result.value),
             "decimal": digits[0] if single else digits,
-            "condition": float(result.condition.ravel()[0])
-            if single
-            else result.condition.tolist(),
+            "condition": condition.ravel()[0] if single else condition.tolist(),
             "case": case.to_dict(),
         }
         if args.grad:
             out["gradient"] = hexes(result.gradient)
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2, allow_nan=False))
         return 0
     print(f"{case.loss.name} in {case.format.name}")
     for i, (value, text, kappa) in enumerate(
@@ -346,18 +442,29 @@ def _oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_or_text(x: float) -> float | str:
+    """A number for JSON: finite as it is, else 'inf', '-inf' or 'nan' (as inputs take)."""
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else str(x)
+
+
 def _audit(args: argparse.Namespace) -> int:
+    from stabcheck._files import output_directory
     from stabcheck.audit import AuditConfig, run_audit, terminal_progress
-    from stabcheck.report import write_measurements, write_report
+    from stabcheck.report import write_checkpoint, write_report
 
     given = {k: v for k, v in _given(args).items() if v is not None}
     config = AuditConfig(**given).validated()
+    out = output_directory(args.out, "--out")
+    if config.without_gradients():
+        print(f"note: --grad: values only for {', '.join(config.without_gradients())} "
+              "(numpy functions without a gradient)", file=sys.stderr)  # fmt: skip
     result = run_audit(
         config,
         progress=terminal_progress(),
-        checkpoint=lambda partial: write_measurements(partial, args.out),
+        checkpoint=lambda partial: write_checkpoint(partial, out),
     )
-    paths = write_report(result, config, args.out)
+    paths = write_report(result, config, out)
     frame = result.frame()
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     print(
@@ -367,8 +474,9 @@ def _audit(args: argparse.Namespace) -> int:
     )
     print(f"report: {', '.join(str(p) for p in paths[:5])}", file=sys.stderr)
     if result.interrupted:
-        print("interrupted: the report holds what was measured", file=sys.stderr)
-        return 130
+        print(f"stopped by {_stop_name()}: the report holds what was measured, marked "
+              "interrupted", file=sys.stderr)  # fmt: skip
+        return _signals.exit_status()
     return 0
 
 
@@ -387,11 +495,14 @@ def _case(text: str) -> Any:
 
 def _gate(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
+    from stabcheck._files import writable_file
     from stabcheck.audit import terminal_progress
     from stabcheck.gate import Tolerance, run_gate
 
+    if args.accept_errors and not args.update:
+        raise InvalidArgument("--accept-errors says what --update may record; add --update")
+    summary = writable_file(args.summary, "--summary") if args.summary is not None else None
     try:
         outcome = run_gate(
             args.baseline,
@@ -402,10 +513,12 @@ def _gate(args: argparse.Namespace) -> int:
             save_failures=args.save_failures,
             tolerance=Tolerance(args.tolerance_ulps, args.tolerance_fraction),
             progress=terminal_progress(),
+            accept_errors=args.accept_errors,
         )
     except KeyboardInterrupt:
-        print("stabcheck gate: interrupted; nothing compared or written", file=sys.stderr)
-        return 130
+        print(f"stabcheck gate: stopped by {_stop_name()}; nothing compared or written",
+              file=sys.stderr)  # fmt: skip
+        return _signals.exit_status()
     if terminal_progress() is not None:
         print(file=sys.stderr)
     if outcome.added:
@@ -418,11 +531,14 @@ def _gate(args: argparse.Namespace) -> int:
     comparison = outcome.comparison
     print(comparison.text(args.baseline, update), end="")
     markdown = comparison.markdown(args.baseline, update)
-    if args.summary:
-        Path(args.summary).write_text(markdown, encoding="utf-8")
+    if summary is not None:
+        summary.write_text(markdown, encoding="utf-8")
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
-            f.write(markdown)
+        try:
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                f.write(markdown)
+        except OSError as exc:  # the verdict stands; the step summary is a courtesy
+            print(f"warning: cannot write $GITHUB_STEP_SUMMARY ({exc})", file=sys.stderr)
     if comparison.passed:
         return 0
     obtained = Path(args.baseline).with_suffix(".obtained.json")

@@ -18,6 +18,11 @@ class AdapterUnavailable(StabcheckError, ImportError):
     """An optional framework is not installed: the message names the extra to install."""
 
 
+class UnsupportedFormat(StabcheckError, TypeError):
+    """A library does not take the case's format: the message quotes what it said. The
+    audit reports the implementation as unsupported in that format, not as an error."""
+
+
 class PrecisionLimitReached(StabcheckError, ArithmeticError):
     """The oracle could not certify a rounding within its precision cap."""
 

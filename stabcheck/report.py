@@ -1,7 +1,10 @@
 """Audit rows to files a person reads and a pull request diffs.
 
-``write_report(result, config, out)`` writes, each file atomically (a temporary file
-renamed into place, so an interrupted run never leaves half a file):
+``write_report(result, config, out)`` writes these files as one set: staged beside them,
+then moved into place with stop signals held, and the files of an earlier report that this
+one does not have (the plot of an implementation no longer audited) removed, so that the
+folder holds one run's report, complete (marked in ``summary.md`` and ``run.json`` when the
+run was interrupted), or the previous one untouched:
 
 * ``measurements.csv`` (and ``measurements.parquet`` when pyarrow is installed): one row a
   measurement, the columns of ``stabcheck.audit.COLUMNS`` (read it back with
@@ -13,21 +16,26 @@ renamed into place, so an interrupted run never leaves half a file):
 * ``worst.md``: the worst measurements of each implementation, each with a reproduction;
 * ``run.json``: the seed, the configuration, the versions of everything, the wall time;
 * ``plots/*.png`` when matplotlib is installed: status and error by regime and format.
+
+During a run, ``write_checkpoint`` keeps the measurements so far in
+``measurements.partial.csv`` (what is left of a run that was killed outright); the report
+replaces it.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import io
 import json
 import math
 import os
 import platform
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from stabcheck._files import Writer, atomic_write, replace_files
 from stabcheck.audit import AuditConfig, AuditResult
 from stabcheck.case import Case
 from stabcheck.formats import format_names
@@ -39,35 +47,40 @@ WORST_PER_IMPLEMENTATION = 10
 INLINE_CASE_LIMIT = 600  # characters of JSON above which a reproduction points to cases.jsonl
 
 
+REPORT_FILES = ("measurements.csv", "measurements.parquet", "cases.jsonl.gz", "summary.md",
+                "worst.md", "run.json", "plots/*.png", "measurements.partial.csv")  # fmt: skip
+CHECKPOINT = "measurements.partial.csv"
+
+
 def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> list[Path]:
-    """Write every report file into ``out`` (created if needed); return their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every report file into ``out`` (created if needed) as one set; return their
+    paths."""
     frame = result.frame()
     summary = summary_markdown(frame, result, config)
     info = json.dumps(run_info(result, config), indent=2)
-    written = [
-        atomic_write(out / "measurements.csv", lambda f: frame.to_csv(f, index=False)),
-        atomic_write(out / "cases.jsonl.gz", lambda f: write_cases(f, result.cases), binary=True),
-        atomic_write(out / "summary.md", lambda f: f.write(summary)),
-        atomic_write(out / "worst.md", lambda f: f.write(worst_markdown(frame, result.cases))),
-        atomic_write(out / "run.json", lambda f: f.write(info)),
-    ]
+    files: dict[str, Writer] = {
+        "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
+        "cases.jsonl.gz": (lambda f: write_cases(f, result.cases), True),
+        "summary.md": (lambda f: f.write(summary), False),
+        "worst.md": (lambda f: f.write(worst_markdown(frame, result.cases)), False),
+        "run.json": (lambda f: f.write(info), False),
+    }
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
-        written.append(atomic_write(out / "measurements.parquet", frame.to_parquet, binary=True))
-    written.extend(plot(frame, out / "plots"))
-    return written
+        files["measurements.parquet"] = (frame.to_parquet, True)
+    files.update(plots(frame))
+    return replace_files(Path(out), files, REPORT_FILES)
 
 
-def write_measurements(result: AuditResult, out: str | Path) -> Path:
-    """Only the measurements (a checkpoint during a long run)."""
+def write_checkpoint(result: AuditResult, out: str | Path) -> Path:
+    """The measurements so far, in ``measurements.partial.csv`` (a long run's checkpoint,
+    which leaves the previous report untouched)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out / "measurements.csv", lambda f: result.frame().to_csv(f, index=False))
+    return atomic_write(out / CHECKPOINT, lambda f: result.frame().to_csv(f, index=False))
 
 
 TEXT_COLUMNS = ("implementation", "library", "loss", "format", "regime", "origin", "case_id",
@@ -101,15 +114,16 @@ def load_case(path: str | Path, case_id: str) -> Case:
 # -- summary ------------------------------------------------------------------------------
 
 
+# The distributions whose versions can change a result: the oracle's arithmetic (numpy,
+# mpmath and gmpy2, numba and llvmlite for its compiled passes), the formats (ml_dtypes),
+# the draws (hypothesis), and every framework an adapter calls.
+VERSIONED = ("numpy", "mpmath", "gmpy2", "ml_dtypes", "numba", "llvmlite", "hypothesis",
+             "pandas", "torch", "tensorflow", "keras", "jax", "jaxlib", "optax", "scipy",
+             "scikit-learn")  # fmt: skip
+
+
 def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
     """The seed, configuration, versions and counts of a run, for run.json and headers."""
-    import hypothesis
-    import mpmath
-    import numpy
-    import pandas
-
-    import stabcheck
-
     frame = result.frame()
     libraries = sorted({impl.library for impl in result.implementations.values()})
     return {
@@ -123,17 +137,29 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "oracle_units": result.oracle_units,
         "unsupported_formats": result.unsupported,
         "unavailable": result.unavailable,
+        "without_gradients": result.without_gradients,
         "libraries": {name: _version(name) for name in libraries},
-        "versions": {
-            "stabcheck": stabcheck.__version__,
-            "python": platform.python_version(),
-            "numpy": numpy.__version__,
-            "mpmath": mpmath.__version__,
-            "mpmath_backend": mpmath.libmp.BACKEND,
-            "hypothesis": hypothesis.__version__,
-            "pandas": pandas.__version__,
-            "platform": platform.platform(),
-        },
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str]:
+    """stabcheck, Python, the platform, and every distribution of ``VERSIONED`` ("not
+    installed" for those missing), read from their metadata without importing them."""
+    import mpmath
+
+    import stabcheck
+
+    compiled = _version("numba") != "not installed" and os.environ.get(
+        "STABCHECK_NUMBA", ""
+    ).strip() != "0"
+    return {
+        "stabcheck": stabcheck.__version__,
+        "python": platform.python_version(),
+        **{name: _version(name) for name in VERSIONED},
+        "mpmath_backend": mpmath.libmp.BACKEND,
+        "oracle_passes": "numba" if compiled else "numpy",
+        "platform": platform.platform(),
     }
 
 
@@ -141,23 +167,28 @@ def _version(distribution: str) -> str:
     from importlib import metadata
 
     names = {"sklearn": "scikit-learn", "tensorflow": "tensorflow-cpu"}
-    for name in (distribution, names.get(distribution, distribution), "tensorflow"):
+    for name in (distribution, names.get(distribution, distribution)):
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return "unknown"
+    return "not installed"
 
 
 def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> str:
     """The summary: a glance table, failures by kind, then the detail table."""
     info = run_info(result, config)
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if k != "platform")
+    what = "values"
+    if config.grad:
+        what = "values and gradients"
+        if result.without_gradients:
+            what += f" (values only for {', '.join(result.without_gradients)}: no gradient)"
     lines = [
         "# stabcheck audit",
         "",
         f"Seed {config.seed}; {config.examples} cases per loss, format and regime; "
-        f"{'values and gradients' if config.grad else 'values'}; tolerance "
+        f"{what}; tolerance "
         f"{config.max_ulps:g} ULPs, or a relative error of {config.max_ulps:g} eps x max(1, "
         f"condition number); "
         f"{info['measurements']} measurements of {info['cases']} cases in "
@@ -178,17 +209,21 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
               "ULPs among the measurements with that status. Results that are ok only "
               "because the input is ill-conditioned are counted apart.",
               ""]  # fmt: skip
-    formats = [f for f in format_names() if f in set(frame["format"])]
     formats = [f for f in format_names() if f in set(config.formats or format_names())]
     lines += _table(
         ["implementation", *formats],
         [
-            [impl, *(_glance(group[group["format"] == f], result.unsupported.get(impl, []), f,
+            [impl, *(_glance(group[group["format"] == f], result.unsupported.get(impl, {}), f,
                              result.implementations.get(impl), config.max_ulps)
                      for f in formats)]
             for impl, group in frame.groupby("implementation", sort=False)
         ],
     )  # fmt: skip
+    reasons = [f"{name} in {fmt}: {why}" for name, found in result.unsupported.items()
+               for fmt, why in found.items() if why]  # fmt: skip
+    if reasons:
+        lines += ["", "Unsupported, as the library said when called:", ""]
+        lines += [f"- {reason}" for reason in reasons]
     if result.unavailable:
         lines += [
             "",
@@ -231,7 +266,7 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
     return "\n".join([*lines, ""])
 
 
-def _glance(group: Any, unsupported: list[str], fmt: str, impl: Any, max_ulps: float) -> str:
+def _glance(group: Any, unsupported: Any, fmt: str, impl: Any, max_ulps: float) -> str:
     """Worst status and the largest ULPs among the rows that have it; for ok, also how
     far the condition number stretched the tolerance."""
     if fmt in unsupported:
@@ -381,9 +416,10 @@ def write_cases(f: Any, cases: dict[str, Case]) -> None:
 # -- plots --------------------------------------------------------------------------------
 
 
-def plot(frame: Any, out: Path) -> list[Path]:
-    """One PNG per implementation: the worst status (colour) and the largest bits of
-    error (number) for each regime and format, values and gradients side by side."""
+def plots(frame: Any) -> dict[str, Writer]:
+    """One PNG per implementation, ``plots/NAME.png``: the worst status (colour) and the
+    largest bits of error (number) for each regime and format, values and gradients side
+    by side. None without matplotlib."""
     try:
         import matplotlib
 
@@ -391,15 +427,14 @@ def plot(frame: Any, out: Path) -> list[Path]:
         import matplotlib.pyplot as plt
         from matplotlib.colors import ListedColormap
     except ImportError:
-        return []
+        return {}
     if frame.empty:
-        return []
-    out.mkdir(parents=True, exist_ok=True)
+        return {}
     colours = ["#4caf50", "#ffc107", "#ff9800", "#e53935", "#8e24aa", "#b71c1c", "#424242",
                "#757575"]  # fmt: skip
     cmap = ListedColormap(colours)
     formats = [f for f in format_names() if f in set(frame["format"])]
-    written = []
+    written: dict[str, Writer] = {}
     for impl, group in frame.groupby("implementation", sort=False):
         quantities = list(dict.fromkeys(group["quantity"]))
         regimes = list(dict.fromkeys(group["regime"]))
@@ -425,24 +460,13 @@ def plot(frame: Any, out: Path) -> list[Path]:
                    title="worst status", title_fontsize=7)  # fmt: skip
         fig.suptitle("numbers: largest bits of error, log2(1 + ULPs)", fontsize=7, y=0.02)
         fig.tight_layout(rect=(0, 0.04, 0.84, 1))
-        path = out / f"{impl.replace(':', '_').replace('/', '_')}.png"
-        written.append(atomic_write(path, lambda f, fig=fig: fig.savefig(f, dpi=110), binary=True))
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
+        name = f"plots/{impl.replace(':', '_').replace('/', '_')}.png"
+        written[name] = (functools.partial(_write_bytes, png.getvalue()), True)
     return written
 
 
-# -- atomic writes ------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+def _write_bytes(data: bytes, f: Any) -> None:
+    f.write(data)

@@ -7,13 +7,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from stabcheck.audit import AuditConfig, draw_cases, invoke, run_audit
+from stabcheck.audit import AuditConfig, draw_cases, run_audit
 from stabcheck.case import Case
 from stabcheck.errors import InvalidArgument
 from stabcheck.implementations import get_implementation
 from stabcheck.losses import loss_names
 from stabcheck.measure import measure
 from stabcheck.oracle import evaluate
+from stabcheck.runner import invoke
 
 USER_MODULE = textwrap.dedent(
     """
@@ -185,17 +186,17 @@ def test_an_interrupted_audit_keeps_what_it_measured():
 @pytest.fixture
 def runner_pids(tmp_path, monkeypatch):
     """The pids of every implementation process the audit starts, in any process."""
-    from stabcheck import audit
+    from stabcheck import runner
 
     log = tmp_path / "pids"
-    start = audit._Runner._start
+    start = runner.Runner._start
 
     def logged(self):
         start(self)
         with open(log, "a") as f:
             f.write(f"{self.process.pid}\n")
 
-    monkeypatch.setattr(audit._Runner, "_start", logged)
+    monkeypatch.setattr(runner.Runner, "_start", logged)
     return lambda: [int(p) for p in log.read_text().split()] if log.exists() else []
 
 
@@ -245,14 +246,14 @@ def test_an_interrupted_run_in_processes_keeps_whole_tasks_in_order(runner_pids)
 
 
 def test_an_implementation_process_past_its_memory_limit_is_replaced(runner_pids, monkeypatch):
-    from stabcheck import audit
+    from stabcheck import runner
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
                          formats=["float64"], regimes=["moderate"], examples=3, search=0,
                          jobs=1)  # fmt: skip
     kept = run_audit(config).frame()
     assert len(runner_pids()) == 1
-    monkeypatch.setattr(audit, "RUNNER_MEMORY", 0)
+    monkeypatch.setattr(runner, "RUNNER_MEMORY", 0)
     replaced = run_audit(config).frame()
     assert len(runner_pids()) == 1 + 3  # a fresh process for each of the 3 calls
     assert kept.equals(replaced)
@@ -289,11 +290,28 @@ def test_a_process_that_fails_or_dies_stops_the_run_with_the_task_named(monkeypa
         ("formats", ["float8"], "not a known format"),
         ("regimes", ["hughe"], "not a known regime"),
         ("implementations", ["navie"], "navie"),
+        ("timeout", float("inf"), "timeout=inf must be a number of seconds"),
+        ("timeout", 1e7, "at most 604800"),
+        ("max_ulps", float("nan"), "max_ulps=nan must be a finite"),
+        ("seed", "1", "seed='1' must be an integer"),
+        ("losses", "binary_crossentropy", "must be a list of names"),
+        ("formats", [], "formats=\\[\\] is empty"),
     ],
 )
 def test_bad_configuration_is_refused_up_front(field, value, message):
     with pytest.raises(InvalidArgument, match=message):
         AuditConfig(**{field: value}).validated()
+
+
+def test_names_are_canonical_and_each_given_once():
+    config = AuditConfig(implementations=["naive", " naive"], losses=["log_loss",
+                         "binary_crossentropy"], formats=["f32", "float32", "bf16"],
+                         regimes=["moderate", "moderate"]).validated()  # fmt: skip
+    assert config.implementations == ("naive",)
+    assert config.losses == ("binary_crossentropy",)
+    assert config.formats == ("float32", "bfloat16")
+    assert config.regimes == ("moderate",)
+    assert config.validated() == config
 
 
 def test_wall_time_is_the_run_s_own():

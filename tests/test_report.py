@@ -115,3 +115,47 @@ def test_the_report_says_how_the_oracle_decided(audited, tmp_path):
     assert units["fast"] + units["mpmath"] >= every and units["mpmath"] > 0
     summary = (tmp_path / "summary.md").read_text()
     assert f"decided {units['fast']} results" in summary
+
+
+def test_the_run_names_every_version_that_can_change_a_result(audited, tmp_path):
+    from importlib.metadata import version
+
+    config, result = audited
+    write_report(result, config, tmp_path)
+    versions = json.loads((tmp_path / "run.json").read_text())["versions"]
+    for name in ("ml_dtypes", "numba", "gmpy2", "numpy", "mpmath", "torch", "jax", "jaxlib",
+                 "keras", "optax", "scipy", "scikit-learn", "hypothesis"):  # fmt: skip
+        assert versions[name] == version(name), name
+    assert versions["tensorflow"] == version("tensorflow-cpu")
+    assert versions["mpmath_backend"] == "gmpy" and versions["oracle_passes"] == "numba"
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"ml_dtypes {version('ml_dtypes')}" in summary and f"gmpy2 {version('gmpy2')}" in summary
+
+
+def test_implementations_without_gradients_are_named_when_gradients_are_asked():
+    config = AuditConfig(implementations=["scipy.xlogy", "naive"], losses=["binary_crossentropy"],
+                         formats=["float32"], regimes=["moderate"], examples=1, search=0,
+                         grad=True)  # fmt: skip
+    assert config.without_gradients() == ["scipy.xlogy"]
+    result = run_audit(config)
+    from stabcheck.report import run_info, summary_markdown
+
+    frame = result.frame()
+    assert set(frame[frame["implementation"] == "scipy.xlogy"]["quantity"]) == {"value"}
+    assert "values and gradients (values only for scipy.xlogy: no gradient)" in summary_markdown(
+        frame, result, config
+    )
+    assert run_info(result, config)["without_gradients"] == ["scipy.xlogy"]
+
+
+def test_a_report_replaces_the_previous_one_whole(audited, tmp_path):
+    config, result = audited
+    write_report(result, config, tmp_path)
+    (tmp_path / "measurements.partial.csv").write_text("a checkpoint")
+    only = AuditConfig(implementations=["accurate"], losses=["binary_crossentropy"],
+                       formats=["float32"], regimes=["moderate"], examples=1, search=0)
+    write_report(run_audit(only), only, tmp_path)
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert plots == ["accurate.png"]  # naive's plot went with the report it belonged to
+    assert not (tmp_path / "measurements.partial.csv").exists()
+    assert set(load_measurements(tmp_path / "measurements.csv")["implementation"]) == {"accurate"}

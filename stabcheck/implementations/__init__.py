@@ -120,19 +120,50 @@ def get_implementation(name: str, loss: str) -> Implementation:
 
 def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     """The user's callable ``spec`` (``"package.module:function"``, the function part may be
-    dotted, ``"module:Class.method"``) as an ``Implementation`` of ``loss``, not registered.
+    dotted, ``"module:Class.method"``) as an ``Implementation`` of ``loss``, not registered,
+    imported here and now (``user_implementation`` defers the import to where it is called).
 
     Its name is ``spec``; it has no ``grad`` (other backends are differentiated by autodiff).
     """
-    syntax = "write it as 'package.module:function'"
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise InvalidArgument(f"spec={spec!r} is not a 'module:function' reference; {syntax}")
-    module_name, _, attr_path = (part.strip() for part in spec.partition(":"))
-    for what, part in (("module", module_name), ("function", attr_path)):
-        if not all(piece.isidentifier() for piece in part.split(".")):
-            raise InvalidArgument(f"spec={spec!r} has an invalid {what} part {part!r}; {syntax}")
-    canonical = get_loss(loss).name
+    obj = resolve_user(spec)
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return replace(
+        user_implementation(spec, loss, backend, doc.splitlines()[0] if doc else ""), fn=obj
+    )
+
+
+def user_implementation(
+    spec: str, loss: str, backend: str = "numpy", description: str = ""
+) -> Implementation:
+    """``load_user``'s implementation without importing anything here: its ``fn`` imports
+    the user's module on its first call, in the process that calls it (an audit's
+    implementation process, where an import that exits or hangs is contained and timed)."""
+    module_name, _ = _parse_user(spec)
     _check_backend(backend)
+    return Implementation(
+        name=spec.strip(),
+        loss=get_loss(loss).name,
+        fn=UserFunction(spec.strip()),
+        backend=backend,
+        library=module_name.split(".")[0],
+        description=description,
+    )
+
+
+@dataclass(frozen=True)
+class UserFunction:
+    """A user's ``module:function``, imported on its first call."""
+
+    spec: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return resolve_user(self.spec)(*args, **kwargs)
+
+
+def resolve_user(spec: str) -> Callable[..., Any]:
+    """Import the module of ``spec`` (``"package.module:function"``) and return the callable;
+    ``InvalidArgument`` says what failed. Imported modules are cached by Python."""
+    module_name, attr_path = _parse_user(spec)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
@@ -152,15 +183,19 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
             f"spec={spec!r} names a {type(obj).__name__}, which is not callable; "
             "give a function fn(predictions, labels, **params)"
         )
-    doc = (getattr(obj, "__doc__", None) or "").strip()
-    return Implementation(
-        name=spec,
-        loss=canonical,
-        fn=obj,
-        backend=backend,
-        library=module_name.split(".")[0],
-        description=doc.splitlines()[0] if doc else "",
-    )
+    return obj
+
+
+def _parse_user(spec: str) -> tuple[str, str]:
+    """The module and attribute parts of ``"package.module:function"``, checked."""
+    syntax = "write it as 'package.module:function'"
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise InvalidArgument(f"spec={spec!r} is not a 'module:function' reference; {syntax}")
+    module_name, _, attr_path = (part.strip() for part in spec.partition(":"))
+    for what, part in (("module", module_name), ("function", attr_path)):
+        if not all(piece.isidentifier() for piece in part.split(".")):
+            raise InvalidArgument(f"spec={spec!r} has an invalid {what} part {part!r}; {syntax}")
+    return module_name, attr_path
 
 
 def _as_tuple(value: str | Iterable[str]) -> tuple[str, ...]:

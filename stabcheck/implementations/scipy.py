@@ -25,17 +25,24 @@ Formats: every format is passed to scipy as it is, and what scipy returns is ret
 loops only, and numpy picks the float64 loop for float16 and bfloat16, so those families
 compute in float64 and return float64 there; ``log_softmax`` computes in the input dtype
 (float16 in float16, bfloat16 through ml_dtypes' ufuncs, rounding after every operation);
-``logsumexp`` computes float16 in float16 but promotes bfloat16 (which the array API does not
-know) to float64. The audit notes the returned dtype where it differs from the input's.
+``logsumexp`` computes float16 in float16. bfloat16, which scipy does not know, depends on
+ml_dtypes: with ml_dtypes 0.6 ``logsumexp`` promoted it to float64; from ml_dtypes 0.7 it
+raises ``TypeError: dtype argument must be a NumPy dtype`` (its dtype check,
+``numpy.isdtype``, takes numpy's own dtypes only). Such a refusal of an ml_dtypes array is
+raised as ``UnsupportedFormat``, quoting scipy and naming both versions, so the audit reports
+the family as unsupported in that format rather than as an error of its own. The audit notes
+the returned dtype where it differs from the input's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from stabcheck.errors import UnsupportedFormat
 from stabcheck.implementations import Implementation, register
 from stabcheck.implementations.backends import require
 from stabcheck.implementations.reference import pick, quiet
@@ -48,15 +55,38 @@ def _special() -> Any:
     return require("scipy.special")
 
 
+def scipy_block(fn: Fn) -> Fn:
+    """``quiet(fn)``, with the ``TypeError`` scipy raises on an array of an ml_dtypes format
+    (bfloat16) turned into ``UnsupportedFormat``: scipy turning a format down is a fact
+    about scipy, not an error of the composition."""
+    fn = quiet(fn)
+
+    @functools.wraps(fn)
+    def call(x: Array, labels: Array, **params: float) -> Array:
+        try:
+            return fn(x, labels, **params)
+        except TypeError as exc:
+            if x.dtype.type.__module__.split(".")[0] != "ml_dtypes":
+                raise
+            from importlib.metadata import version
+
+            raise UnsupportedFormat(
+                f"scipy {version('scipy')} does not take {x.dtype.name} arrays with ml_dtypes "
+                f"{version('ml_dtypes')} (TypeError: {exc})"
+            ) from exc
+
+    return call
+
+
 # -- log_softmax -----------------------------------------------------------------------------
 
 
-@quiet
+@scipy_block
 def log_softmax_softmax(x: Array, y: Array) -> Array:
     return -(y * _special().log_softmax(x, axis=1)).sum(axis=1)
 
 
-@quiet
+@scipy_block
 def log_softmax_sparse(x: Array, k: Array) -> Array:
     return -pick(_special().log_softmax(x, axis=1), k)
 
@@ -64,12 +94,12 @@ def log_softmax_sparse(x: Array, k: Array) -> Array:
 # -- logsumexp -------------------------------------------------------------------------------
 
 
-@quiet
+@scipy_block
 def logsumexp_softmax(x: Array, y: Array) -> Array:
     return y.sum(axis=1) * _special().logsumexp(x, axis=1) - (y * x).sum(axis=1)
 
 
-@quiet
+@scipy_block
 def logsumexp_sparse(x: Array, k: Array) -> Array:
     return _special().logsumexp(x, axis=1) - pick(x, k)
 
@@ -77,18 +107,18 @@ def logsumexp_sparse(x: Array, k: Array) -> Array:
 # -- xlogy -----------------------------------------------------------------------------------
 
 
-@quiet
+@scipy_block
 def xlogy_binary(p: Array, z: Array) -> Array:
     sp = _special()
     return -(sp.xlogy(z, p) + sp.xlogy(1 - z, 1 - p))
 
 
-@quiet
+@scipy_block
 def xlogy_categorical(p: Array, y: Array) -> Array:
     return -_special().xlogy(y, p).sum(axis=1)
 
 
-@quiet
+@scipy_block
 def xlogy_sparse_categorical(p: Array, k: Array) -> Array:
     require("scipy.special")  # the family needs scipy, although this member uses np.log
     return -np.log(pick(p, k))
@@ -97,13 +127,13 @@ def xlogy_sparse_categorical(p: Array, k: Array) -> Array:
 # -- log_expit -------------------------------------------------------------------------------
 
 
-@quiet
+@scipy_block
 def log_expit_sigmoid(x: Array, z: Array) -> Array:
     sp = _special()
     return -(z * sp.log_expit(x) + (1 - z) * sp.log_expit(-x))
 
 
-@quiet
+@scipy_block
 def log_expit_weighted(x: Array, z: Array, pos_weight: float) -> Array:
     sp = _special()
     return -(pos_weight * z * sp.log_expit(x) + (1 - z) * sp.log_expit(-x))
@@ -124,7 +154,8 @@ _FAMILIES: dict[str, tuple[str, dict[str, Fn]]] = {
     ),
     "scipy.logsumexp": (
         "sum(y) * scipy.special.logsumexp(x, axis=1) - sum(y * x) and logsumexp(x) - x[k]; "
-        "float16 computes in float16, bfloat16 is promoted to float64 by logsumexp",
+        "float16 computes in float16; bfloat16 is promoted to float64 with ml_dtypes 0.6 and "
+        "turned down (unsupported) from ml_dtypes 0.7",
         {
             "softmax_cross_entropy_with_logits": logsumexp_softmax,
             "sparse_softmax_cross_entropy_with_logits": logsumexp_sparse,

@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
-from stabcheck.audit import Outcome, invoke
 from stabcheck.case import Case
 from stabcheck.implementations import get_implementation
 from stabcheck.losses import InputKind, LabelKind, get_loss
 from stabcheck.measure import Measurement, measure
 from stabcheck.oracle import OracleResult, evaluate
+from stabcheck.runner import Outcome, invoke
 
 # The ULPs ordinary inputs stay within; each test module says why that is enough for its
 # library where it holds the values to it.

@@ -96,7 +96,7 @@ REQUESTS = [
 SCRIPT = """
 import json, sys
 import stabcheck.implementations.jax
-from stabcheck.audit import invoke
+from stabcheck.runner import invoke
 from stabcheck.case import Case
 from stabcheck.implementations import get_implementation
 

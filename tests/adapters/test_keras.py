@@ -28,7 +28,7 @@ if not installed("keras"):
 from adapter_helpers import ORDINARY_ULPS, beyond, ordinary_case, python_output, run, statuses
 
 import stabcheck.implementations.keras as adapter
-from stabcheck.audit import AuditConfig, invoke, run_audit
+from stabcheck.audit import AuditConfig, run_audit
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable
 from stabcheck.formats import format_names, get_format
@@ -36,6 +36,7 @@ from stabcheck.implementations import get_implementation, implementations
 from stabcheck.losses import LabelKind
 from stabcheck.measure import measure
 from stabcheck.oracle import evaluate
+from stabcheck.runner import invoke
 
 INF = math.inf
 BINARY, CATEGORICAL = "binary_crossentropy", "categorical_crossentropy"
@@ -251,7 +252,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import numpy as np
     import stabcheck.implementations.keras as adapter
-    from stabcheck.audit import invoke
+    from stabcheck.runner import invoke
     from stabcheck.case import Case
     from stabcheck.errors import AdapterUnavailable
     from stabcheck.implementations import get_implementation

@@ -15,11 +15,12 @@ pytest.importorskip("sklearn.metrics")
 from adapter_helpers import ORDINARY_ULPS, beyond, grid_case, python_output
 
 import stabcheck.implementations.sklearn  # noqa: F401  (registers sklearn.log_loss)
-from stabcheck.audit import AuditConfig, invoke, run_audit
+from stabcheck.audit import AuditConfig, run_audit
 from stabcheck.case import Case
 from stabcheck.implementations import get_implementation, implementations
 from stabcheck.measure import measure
 from stabcheck.oracle import evaluate
+from stabcheck.runner import invoke
 
 NAME = "sklearn.log_loss"
 FORMATS = ("float64", "float32", "float16", "bfloat16")

@@ -15,13 +15,14 @@ tf = pytest.importorskip("tensorflow")
 from adapter_helpers import ORDINARY_ULPS, beyond, ordinary_case, python_output, run  # noqa: E402
 
 import stabcheck.implementations.tensorflow as adapter  # noqa: E402
-from stabcheck.audit import AuditConfig, invoke, run_audit  # noqa: E402
+from stabcheck.audit import AuditConfig, run_audit  # noqa: E402
 from stabcheck.case import Case  # noqa: E402
 from stabcheck.formats import format_names  # noqa: E402
 from stabcheck.implementations import get_implementation, implementations  # noqa: E402
 from stabcheck.losses import LabelKind  # noqa: E402
 from stabcheck.measure import HARD_FAILURES, measure  # noqa: E402
 from stabcheck.oracle import evaluate  # noqa: E402
+from stabcheck.runner import invoke  # noqa: E402
 
 INF = math.inf
 SIGMOID = "sigmoid_cross_entropy_with_logits"

@@ -24,13 +24,14 @@ from adapter_helpers import (  # noqa: E402
 )
 
 import stabcheck.implementations.torch as adapter  # noqa: E402
-from stabcheck.audit import AuditConfig, Outcome, invoke, run_audit  # noqa: E402
+from stabcheck.audit import AuditConfig, run_audit  # noqa: E402
 from stabcheck.case import Case  # noqa: E402
 from stabcheck.formats import format_names, get_format  # noqa: E402
 from stabcheck.implementations import get_implementation, implementations  # noqa: E402
 from stabcheck.losses import LabelKind, get_loss  # noqa: E402
 from stabcheck.measure import measure  # noqa: E402
 from stabcheck.oracle import OracleResult, evaluate  # noqa: E402
+from stabcheck.runner import Outcome, invoke  # noqa: E402
 
 INF = math.inf
 MAX64 = sys.float_info.max

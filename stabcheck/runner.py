@@ -1,0 +1,363 @@
+"""Running implementations on cases, isolated: one child process per library and backend,
+time limits with one retry, crashes, memory and output contained.
+
+``invoke`` calls an implementation in this process and checks what comes back. ``Runners``
+keeps one ``Runner`` (a forked child) per library and backend (a user's ``module:function``
+has its own), so that each framework is imported once; a call that raises, hangs, crashes
+or returns garbage becomes an ``Outcome`` with status ``error`` or ``timeout``, and a library
+that does not take the case's format (``UnsupportedFormat``) one with status
+``unsupported``. A child writes its standard output and error into a file of its own (what
+a call printed is quoted in its error note), ignores SIGINT (the parent decides when to
+stop) and dies with its parent. ``check_user`` imports a user's module in such a child
+first, so that an import that exits or hangs is an error message, not the end of the run.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stabcheck import _signals
+from stabcheck.case import Case
+from stabcheck.errors import InvalidArgument, UnsupportedFormat
+from stabcheck.implementations import (
+    Implementation,
+    backends,
+    implementations,
+    resolve_user,
+    user_implementation,
+)
+from stabcheck.measure import ERROR, TIMEOUT
+
+UNSUPPORTED = "unsupported"  # an outcome's status: the library does not take the format
+RUNNER_MEMORY = 2 * 2**30  # bytes: an implementation process past this peak is replaced
+OUTPUT_LIMIT = 2**20  # bytes of a child's captured output kept before it starts afresh
+QUOTED_OUTPUT = 300  # characters of a failing call's output quoted in its note
+FORK = "fork" in multiprocessing.get_all_start_methods()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call returned: float64 arrays, or the reason there are none."""
+
+    values: np.ndarray | None = None
+    gradient: np.ndarray | None = None
+    status: str = "ok"  # ok, error, timeout or unsupported
+    note: str = ""
+
+
+def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
+    """Call ``impl`` on ``case`` in this process and check what comes back."""
+    returned = backends.call(impl.backend, impl.fn, impl.grad, case, grad)
+    notes: list[str] = []
+    values = _checked("returned", returned.values, returned.values_dtype, case.output_shape,
+                      case, notes)  # fmt: skip
+    gradient = None
+    if returned.gradient is not None:
+        gradient = _checked("gradient", returned.gradient, returned.gradient_dtype,
+                            case.predictions.shape, case, notes)  # fmt: skip
+    return Outcome(values, gradient, note="; ".join(notes))
+
+
+def _checked(
+    what: str, array: np.ndarray, dtype: str | None, shape: tuple[int, ...], case: Case,
+    notes: list[str],
+) -> np.ndarray:  # fmt: skip
+    if array.shape != shape:
+        raise TypeError(f"{what} shape {array.shape}; expected {shape}")
+    if dtype != case.format.name:
+        notes.append(f"{what} {dtype} for {case.format.name} input")
+    return array
+
+
+def protected(find: Callable[[], Implementation], case: Case, grad: bool) -> Outcome:
+    """``invoke`` with every failure of the implementation turned into an ``Outcome``."""
+    try:
+        with np.errstate(all="ignore"):
+            return invoke(find(), case, grad)
+    except UnsupportedFormat as exc:
+        return Outcome(status=UNSUPPORTED, note=str(exc)[:500])
+    except Exception as exc:  # the failure is the finding
+        return Outcome(status=ERROR, note=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def find(name: str, loss: str) -> Implementation:
+    """The implementation ``name`` of ``loss``: registered, or a user's ``module:function``."""
+    if ":" in name:
+        return user_implementation(name, loss)
+    return implementations(names=name, losses=loss)[0]
+
+
+class Runners:
+    """One ``Runner`` per library and backend (the implementations of ``torch``, of
+    ``keras`` on JAX, of stabcheck, ...; a user's ``module:function`` has its own), so that
+    each framework is imported once; ``parallel`` of them call at once (more than there are
+    cores would stretch each call towards its time limit)."""
+
+    def __init__(self, timeout: float, parallel: int) -> None:
+        self.timeout, self.parallel = timeout, parallel
+        self.runners: dict[str, Runner] = {}
+
+    def get(self, impl: Implementation) -> Runner:
+        key = impl.name if ":" in impl.name else f"{impl.library}[{impl.backend}]"
+        if key not in self.runners:
+            self.runners[key] = Runner(key, self.timeout)
+        return self.runners[key]
+
+    def run(
+        self, impls: Sequence[Implementation], case: Case, grad: bool
+    ) -> Iterator[tuple[Implementation, Outcome]]:
+        """Each implementation's outcome on ``case``, in the order of ``impls``; calls run
+        together in batches of at most ``parallel`` runners, each busy with one call."""
+        batch: list[Implementation] = []
+        for impl in impls:
+            runner = self.get(impl)
+            if len(batch) == self.parallel or any(self.get(b) is runner for b in batch):
+                yield from self._collect(batch)
+            runner.submit(impl, case, grad)
+            batch.append(impl)
+        yield from self._collect(batch)
+
+    def _collect(self, batch: list[Implementation]) -> Iterator[tuple[Implementation, Outcome]]:
+        for impl in batch:
+            yield impl, self.get(impl).result()
+        batch.clear()
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+
+class Runner:
+    """A child process that runs implementations of one library, restarted after a timeout,
+    a crash, or a call that leaves it past ``RUNNER_MEMORY``; a call that times out is tried
+    once more in a fresh process before it is recorded as a timeout. Forked, so it
+    inherits every implementation the parent has loaded."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name, self.timeout = name, timeout
+        self.process: Any = None
+        self.conn: Any = None
+        self.started = 0.0
+        self.pending: Outcome | None = None
+        self.call_args: tuple[Implementation, Case, bool] | None = None
+        self.retried = False
+
+    def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
+        """Run one call and wait for it."""
+        self.submit(impl, case, grad)
+        return self.result()
+
+    def submit(self, impl: Implementation, case: Case, grad: bool) -> None:
+        """Start one call; ``result`` collects it (other runners may work meanwhile)."""
+        self.call_args = (impl, case, grad)
+        self.retried = False
+        self._send()
+
+    def _send(self) -> None:
+        impl, case, grad = self.call_args
+        self.started = time.perf_counter()
+        if not FORK:
+            self.pending = protected(lambda: impl, case, grad)  # no isolation (Windows)
+            return
+        self.pending = None
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        self.conn.send((impl.loss, impl.name, case, grad))
+
+    def result(self) -> Outcome:
+        if self.pending is not None:
+            return self.pending
+        left = self.timeout - (time.perf_counter() - self.started)
+        if not self.conn.poll(max(left, 0.0)):
+            self.close()
+            if not self.retried:
+                # a loaded machine can stretch one call (a JIT compile) past the limit: try
+                # once more in a fresh process before recording a timeout
+                self.retried = True
+                self._send()
+                return self.result()
+            return Outcome(
+                status=TIMEOUT,
+                note=f"no answer within {self.timeout:g} s, twice (the second time in a "
+                "fresh process)",
+            )
+        try:
+            outcome, memory = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            self.close()
+            return Outcome(status=ERROR, note=f"the process died (exit code {code})")
+        if memory > RUNNER_MEMORY:
+            self.close()  # JIT caches grow with every new shape: the next call starts afresh
+        return outcome
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child, self.conn, os.getpid()), daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5)
+            self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _serve(conn: Any, parent_end: Any, parent: int) -> None:
+    """An implementation process: answer calls until the pipe closes."""
+    parent_end.close()
+    _signals.die_with_parent(parent)
+    _signals.child_signals()
+    output = _Output()
+    if "torch" in sys.modules:  # a thread pool started before the fork would hang the child
+        sys.modules["torch"].set_num_threads(1)
+    while True:
+        try:
+            loss, name, case, grad = conn.recv()
+        except EOFError:
+            return
+        output.mark()
+        outcome = protected(lambda: find(name, loss), case, grad)  # noqa: B023
+        if outcome.status == ERROR and (printed := output.since_mark()):
+            outcome = Outcome(status=ERROR, note=f"{outcome.note} (it printed: {printed})")
+        conn.send((outcome, _peak_memory()))
+
+
+class _Output:
+    """This process's standard output and error, sent to a file of its own: nothing an
+    implementation prints can block on a slow or closed terminal, or mix into the
+    parent's progress line."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+        self.fd = self.file.fileno()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass  # the parent's own stream: broken, closed or slow; not ours to fix
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+        self.start = 0
+
+    def mark(self) -> None:
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        if end > OUTPUT_LIMIT:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            end = 0
+        self.start = end
+
+    def since_mark(self) -> str:
+        """The end of what was printed since ``mark``, on one line."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        first = max(self.start, end - 4 * QUOTED_OUTPUT)
+        text = os.pread(self.fd, end - first, first).decode("utf-8", "replace")
+        text = " ".join(text.split())
+        return text if len(text) <= QUOTED_OUTPUT else "..." + text[-QUOTED_OUTPUT:]
+
+
+def _peak_memory() -> int:
+    """This process's peak resident memory, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
+
+
+# -- a user's module, imported where its failure is contained ------------------------------
+
+_USER_CHECKED: dict[str, str] = {}  # spec -> the first line of its docstring
+
+
+def check_user(spec: str, timeout: float) -> str:
+    """Import the user's ``module:function`` in a child process and check that it names a
+    callable; return the first line of its docstring. ``InvalidArgument`` says what went
+    wrong: the import raised, exited the process (``sys.exit``, ``os._exit``) or took more
+    than ``timeout`` seconds, or the name is not a callable. Checked once per process."""
+    if spec in _USER_CHECKED:
+        return _USER_CHECKED[spec]
+    if not FORK:
+        obj = resolve_user(spec)
+        description = _first_line(obj)
+    else:
+        context = multiprocessing.get_context("fork")
+        conn, child = context.Pipe()
+        process = context.Process(
+            target=_import_user, args=(child, conn, spec, os.getpid()), daemon=True
+        )
+        process.start()
+        child.close()
+        try:
+            if not conn.poll(timeout):
+                raise InvalidArgument(
+                    f"{spec!r}: importing it did not finish within {timeout:g} s (the time "
+                    "limit of one call, --timeout); make the import quick, or raise --timeout"
+                )
+            try:
+                ok, text = conn.recv()
+            except (EOFError, OSError):
+                process.join(timeout=5)
+                raise InvalidArgument(
+                    f"{spec!r}: importing it ended the process with exit code "
+                    f"{process.exitcode} (os._exit() or a crash at import); a module under "
+                    "test must import without exiting"
+                ) from None
+        finally:
+            conn.close()
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+        if not ok:
+            raise InvalidArgument(text)
+        description = text
+    _USER_CHECKED[spec] = description
+    return description
+
+
+def _import_user(conn: Any, parent_end: Any, spec: str, parent: int) -> None:
+    parent_end.close()
+    _signals.die_with_parent(parent)
+    _signals.child_signals()
+    output = _Output()
+    try:
+        reply = (True, _first_line(resolve_user(spec)))
+    except InvalidArgument as exc:
+        reply = (False, str(exc))
+    except SystemExit as exc:
+        printed = output.since_mark()
+        reply = (False, f"{spec!r}: importing it called sys.exit({exc.code!r})"
+                 + (f" after printing: {printed}" if printed else "")
+                 + "; a module under test must import without exiting")  # fmt: skip
+    except BaseException as exc:
+        reply = (False, f"{spec!r}: importing it raised {type(exc).__name__}: {exc}")
+    conn.send(reply)
+
+
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
