@@ -104,15 +104,35 @@ class Case:
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> Case:
-        """Replay a case written by ``to_json``."""
-        data = json.loads(text) if isinstance(text, str) else dict(text)
+        """Replay a case written by ``to_json``; ``InvalidArgument`` says what is wrong with
+        anything else."""
+        example = ('e.g. {"loss":"binary_crossentropy","format":"float32",'
+                   '"predictions":["0x1p-30"],"labels":["0x1p-1"]}')  # fmt: skip
+        try:
+            data = json.loads(text) if isinstance(text, (str, bytes)) else text
+        except ValueError as exc:
+            raise InvalidArgument(f"a case is JSON, and this is not ({exc}); {example}") from None
+        if not isinstance(data, Mapping):
+            raise InvalidArgument(
+                f"a case is a JSON object, not a {type(data).__name__}; {example}"
+            )
+        missing = [key for key in ("loss", "predictions", "labels") if key not in data]
+        if missing:
+            raise InvalidArgument(f"the case has no {missing[0]!r}; {example}")
+        params = data.get("params", {})
+        if not isinstance(params, Mapping):
+            raise InvalidArgument(f"params={params!r} must be an object such as "
+                                  '{"pos_weight": "0x1.8p+1"}')  # fmt: skip
+        for key in ("loss", "format", "regime"):
+            if key in data and not isinstance(data[key], str):
+                raise InvalidArgument(f"{key}={data[key]!r} must be a string")
         return cls.build(
             data["loss"],
             parse_floats(data["predictions"]),
             parse_floats(data["labels"]),
             format=data.get("format", "float64"),
             regime=data.get("regime", "manual"),
-            **{k: parse_floats(v) for k, v in data.get("params", {}).items()},
+            **{str(k): parse_floats(v) for k, v in params.items()},
         )
 
     @property
@@ -148,6 +168,11 @@ def parse_floats(value: Any) -> Any:
         except ValueError:
             raise InvalidArgument(
                 f"{value!r} is not a number; write decimals, or hex floats such as '0x1.8p+1'"
+            ) from None
+        except OverflowError:
+            raise InvalidArgument(
+                f"{value!r} is beyond float64 (largest 0x1.fffffffffffffp+1023); write 'inf' "
+                "for an infinity, or a hex float in range"
             ) from None
     return value
 

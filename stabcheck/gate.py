@@ -58,9 +58,11 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         for name in ("ulps", "fraction"):
-            if not getattr(self, name) >= 0:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                 raise InvalidArgument(
-                    f"tolerance {name}={getattr(self, name)!r} must be a non-negative number"
+                    f"tolerance {name}={value!r} must be a finite non-negative number "
+                    f"(--tolerance-{name} N)"
                 )
 
     def slack(self, old: float) -> float:
@@ -98,6 +100,27 @@ class Entry:
             max_ulps=None if data["max_ulps"] is None else float(data["max_ulps"]),
             median_ulps=None if data["median_ulps"] is None else float(data["median_ulps"]),
         )
+
+
+def _read_text(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of ``path``, or ``InvalidArgument`` saying why not and what to do."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgument(f"{what} {path} does not exist; {fix}") from None
+    except OSError as exc:
+        raise InvalidArgument(
+            f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        kind = "gzip" if data[:2] == b"\x1f\x8b" else "UTF-16" if data[:2] in (
+            b"\xff\xfe", b"\xfe\xff") else "binary"  # fmt: skip
+        raise InvalidArgument(
+            f"{what} {path} is not UTF-8 text (it looks {kind}); a stabcheck {what} is a "
+            f"text file as stabcheck writes it: restore it from version control or {fix}"
+        ) from None
 
 
 def _number(x: float | None) -> float | int | None:
@@ -154,7 +177,7 @@ class Baseline:
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        from stabcheck.report import atomic_write
+        from stabcheck._files import atomic_write
 
         return atomic_write(Path(path), lambda f: f.write(self.dumps()))
 
@@ -164,14 +187,11 @@ class Baseline:
         damaged file and how to write a new one (``update``: the command that does)."""
         path = Path(path)
         fix = f"write one with `{update or f'stabcheck gate --baseline {path} --update'}`"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InvalidArgument(f"baseline {path} does not exist; {fix}") from None
-        except OSError as exc:
-            raise InvalidArgument(f"baseline {path} cannot be read ({exc})") from None
+        text = _read_text(path, "baseline", fix)
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
             if data.get("stabcheck_baseline") != FORMAT_VERSION:
                 raise ValueError(
                     f"stabcheck_baseline is {data.get('stabcheck_baseline')!r}, "
@@ -334,32 +354,27 @@ def load_corpus(path: str | Path) -> list[Case]:
     path = Path(path)
     if not path.exists():
         return []
+    fix = "each line holds one case as Case.to_json writes it, e.g. from worst.md"
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path, "corpus", fix).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             cases.append(Case.from_json(line))
-        except (ValueError, KeyError, TypeError) as exc:
+        except InvalidArgument as exc:
             raise InvalidArgument(
-                f"{path}:{number} is not a case ({exc}); each line holds one case as "
-                "Case.to_json writes it, e.g. from worst.md or a failing check"
+                f"{path}:{number} is not a case ({exc}); {fix} or a failing check; fix or "
+                "delete the line"
             ) from None
     return cases
 
 
 def add_to_corpus(path: str | Path, cases: Sequence[Case]) -> list[Case]:
     """Append the cases that the corpus does not hold yet; return those added."""
-    from stabcheck.report import atomic_write
+    from stabcheck._files import atomic_write
 
     path = Path(path)
-    have = load_corpus(path)
-    known = {c.id for c in have}
-    added = []
-    for case in cases:
-        if case.id not in known:
-            known.add(case.id)
-            added.append(case)
+    added = _new(load_corpus(path), cases)
     if added:
         text = path.read_text(encoding="utf-8") if path.exists() else _CORPUS_HEADER
         if text and not text.endswith("\n"):
@@ -438,15 +453,21 @@ def run_gate(
     save_failures: bool = False,
     tolerance: Tolerance = Tolerance(),
     progress: Any = None,
+    accept_errors: bool = False,
 ) -> GateResult:
     """Run the audit on the baseline's corpus and compare, or (``update``) rewrite it.
 
     ``given`` holds the audit settings from the command line (``AuditConfig`` field names;
     ``None`` for those not given): the selection may narrow the baseline's, the corpus
-    settings must match it unless ``update``. ``add_cases`` go into the regression corpus
-    first; ``save_failures`` (with ``update``) adds the smallest failing case of each kind.
-    ``InvalidArgument`` or ``AdapterUnavailable`` mean the gate could not run.
+    settings must match it unless ``update``. A user's ``module:function`` runs only when
+    ``given`` names it: a baseline is data and never chooses the code that runs.
+    ``add_cases`` go into the regression corpus first; ``save_failures`` (with ``update``)
+    adds the smallest failing case of each kind. ``update`` refuses to record an entry
+    whose every measurement is ``error`` or ``timeout`` (a function run on a loss it does
+    not compute) unless ``accept_errors``. ``InvalidArgument`` or ``AdapterUnavailable``
+    mean the gate could not run, and nothing was written.
     """
+    from stabcheck._files import writable_file
     from stabcheck.audit import run_audit
 
     path = Path(baseline)
@@ -455,27 +476,38 @@ def run_gate(
             "save_failures adds the failing cases to the corpus, which the baseline must "
             "then record: use it together with update (--save-failures --update)"
         )
+    if update:
+        writable_file(path, "baseline")
     old = None if update and not path.exists() else Baseline.load(path)
     config = gate_config(old, given or {}, update)
+    if old is not None and not update and not expected_keys(old, config):
+        raise InvalidArgument(
+            f"the selection matches none of the {len(old.entries)} entries of baseline {path}"
+            f" ({_recorded(old)}), so the gate would compare nothing; narrow it to what the "
+            "baseline holds, or rewrite the baseline with --update"
+        )
     if corpus_file is None:
         recorded = old.corpus.get("corpus_file") if old else None
-        corpus_file = path.parent / recorded if recorded else corpus_file_for(path)
+        corpus_file = path.parent / str(recorded) if recorded else corpus_file_for(path)
     corpus_file = Path(corpus_file)
-    added = add_to_corpus(corpus_file, list(add_cases)) if add_cases else []
+    _check_measured(add_cases, config)
     corpus = load_corpus(corpus_file)
-    audit = run_audit(config, progress=progress, corpus=corpus)
+    new_cases = _new(corpus, add_cases)  # written to the corpus once the run succeeded
+    audit = run_audit(config, progress=progress, corpus=[*corpus, *new_cases])
     _check_complete(audit)
     if save_failures:
-        new_cases = add_to_corpus(corpus_file, failing_units(audit.rows, audit.cases))
-        if new_cases:
-            extra = run_audit(config, corpus=new_cases, draw=False)
+        failing = _new([*corpus, *new_cases], failing_units(audit.rows, audit.cases))
+        if failing:
+            extra = run_audit(config, corpus=failing, draw=False)
             _check_complete(extra)
             audit.rows.extend(extra.rows)
             audit.cases.update(extra.cases)
-            added += new_cases
-            corpus += new_cases
-    record = corpus_record(config, audit, corpus_file, path, len(corpus))
+            new_cases += failing
+    record = corpus_record(config, audit, corpus_file, path, len(corpus) + len(new_cases))
     obtained = Baseline(entries(audit.rows), record, environment(audit, config))
+    if update and not accept_errors:
+        _refuse_failed_entries(obtained, audit)
+    added = add_to_corpus(corpus_file, new_cases) if new_cases else []
     if update:
         obtained.save(path)
         return GateResult(audit, obtained, None, corpus_file, added)
@@ -488,6 +520,62 @@ def run_gate(
         if name in old.environment and old.environment[name] != value
     ]
     return GateResult(audit, obtained, comparison, corpus_file, added)
+
+
+def _new(corpus: Sequence[Case], cases: Sequence[Case]) -> list[Case]:
+    """``cases`` that ``corpus`` does not hold, each once."""
+    known = {c.id for c in corpus}
+    fresh = []
+    for case in cases:
+        if case.id not in known:
+            known.add(case.id)
+            fresh.append(case)
+    return fresh
+
+
+RAN_NOT = ("error", "timeout")  # statuses of a call that gave nothing to measure
+
+
+def _refuse_failed_entries(obtained: Baseline, audit: Any) -> None:
+    """``InvalidArgument`` when some entry measured nothing but errors and timeouts."""
+    failed = [e for e in obtained.entries.values() if set(e.statuses) <= set(RAN_NOT)]
+    if not failed:
+        return
+    first = failed[0].key
+    note = next((r["note"] for r in audit.rows if r["status"] in RAN_NOT
+                 and (r["implementation"], r["loss"]) == first[:2]), "")  # fmt: skip
+    shown = "; ".join(" ".join(e.key) for e in failed[:3])
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    raise InvalidArgument(
+        f"not writing the baseline: {len(failed)} of its {len(obtained.entries)} entries "
+        f"measured nothing but errors or timeouts ({shown}{more}; the first: {note}). A "
+        "function run on a loss it does not compute must not become part of a baseline: "
+        "select its loss with --loss, fix the function, or record them anyway with "
+        "--accept-errors"
+    )
+
+
+def _recorded(baseline: Baseline) -> str:
+    """What a baseline holds, in a few words."""
+    keys = baseline.entries
+    parts = [f"{name} {', '.join(sorted({k[i] for k in keys}))}"
+             for i, name in ((0, "implementations"), (1, "losses"), (2, "formats"))]  # fmt: skip
+    return "; ".join(parts)
+
+
+def _check_measured(cases: Sequence[Case], config: Any) -> None:
+    """Each added case is of a loss and format the gate measures, else nothing would."""
+    from stabcheck.formats import format_names
+    from stabcheck.losses import loss_names
+
+    losses, formats = config.losses or loss_names(), config.formats or format_names()
+    for case in cases:
+        if case.loss.name not in losses or case.format.name not in formats:
+            raise InvalidArgument(
+                f"add_case: the case is {case.loss.name} in {case.format.name}, but the gate "
+                f"measures {', '.join(losses)} in {', '.join(formats)}, so it would never be "
+                "measured; add it to a baseline of its loss and format"
+            )
 
 
 def _check_complete(audit: Any) -> None:
@@ -510,6 +598,13 @@ def gate_config(baseline: Baseline | None, given: Mapping[str, Any], update: boo
         value, old = given.get(name), recorded.get(name)
         if value is None:
             value = old
+            if old is not None and name in SELECTION and (
+                not isinstance(old, list) or not all(isinstance(v, str) for v in old)
+            ):
+                raise InvalidArgument(
+                    f"the baseline records {name}={old!r}, which is not a list of names; "
+                    "restore it from version control or rewrite it with --update"
+                )
         elif name in CORPUS_SETTINGS and not update and old is not None and value != old:
             raise InvalidArgument(
                 f"{name}={value!r} differs from the baseline's {name}={old!r}: the gate "
@@ -517,8 +612,23 @@ def gate_config(baseline: Baseline | None, given: Mapping[str, Any], update: boo
             )
         if value is not None:
             settings[name] = tuple(value) if name in SELECTION else value
+    code = [n for n in recorded.get("implementations") or () if ":" in str(n)]
+    if code and given.get("implementations") is None:
+        options = " ".join(f"--impl {n}" for n in code)
+        raise InvalidArgument(
+            f"the baseline names function(s) of your own ({', '.join(code)}); a baseline is "
+            f"data and never chooses the code that runs: name them on the command line, "
+            f"{options} (implementations=[...] in Python)"
+        )
     timeout = given.get("timeout") or DEFAULT_TIMEOUT
-    return AuditConfig(search=0, timeout=timeout, jobs=given.get("jobs"), **settings).validated()
+    try:
+        return AuditConfig(search=0, timeout=timeout, jobs=given.get("jobs"),
+                           **settings).validated()  # fmt: skip
+    except InvalidArgument as exc:
+        if baseline is None or not any(recorded.get(k) is not None and given.get(k) is None
+                                       for k in (*SELECTION, *CORPUS_SETTINGS)):  # fmt: skip
+            raise
+        raise InvalidArgument(f"{exc} (settings not given are the baseline's)") from None
 
 
 def corpus_record(config: Any, audit: Any, corpus_file: Path, baseline: Path, cases: int) -> dict:

@@ -186,6 +186,14 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{REGIMES_OPTION}: {exc}") from None
     if state.update_baseline and state.baseline is None:
         raise pytest.UsageError(f"{UPDATE_BASELINE_OPTION} needs {BASELINE_OPTION} FILE")
+    if state.report is not None and not state.worker:
+        from stabcheck._files import output_directory
+        from stabcheck.errors import InvalidArgument
+
+        try:  # fail now, not after the tests
+            output_directory(state.report, REPORT_OPTION)
+        except InvalidArgument as exc:
+            raise pytest.UsageError(str(exc)) from None
     if state.baseline is not None and not state.update_baseline and not state.worker:
         from stabcheck.errors import InvalidArgument
         from stabcheck.gate import Baseline

@@ -49,11 +49,16 @@ def gate(*args: str) -> int:
     return cli.main(["gate", "--baseline", "baseline.json", *args])
 
 
+def ci(*args: str) -> int:
+    """The gate as CI runs it: the user's function named, the rest from the baseline."""
+    return gate("--impl", IMPL, *args)
+
+
 def test_an_unchanged_implementation_passes(swap, capsys):
     swap("stable_sigmoid")
     assert gate("--update", *SELECTION) == 0
     assert "wrote baseline.json" in capsys.readouterr().out
-    assert gate() == 0  # the selection comes from the baseline
+    assert ci() == 0  # the rest of the selection comes from the baseline
     out = capsys.readouterr().out
     assert "passed, nothing worse" in out and "regressions" not in out
 
@@ -63,7 +68,7 @@ def test_a_degraded_implementation_fails_with_a_readable_list(swap, tmp_path, ca
     assert gate("--update", *SELECTION) == 0
     swap("naive_sigmoid")  # the textbook formula under the same name
     capsys.readouterr()
-    assert gate() == 1
+    assert ci() == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "regressions:" in out
     line = next(x for x in out.splitlines() if " overflow " in x)
@@ -79,7 +84,7 @@ def test_an_improvement_passes_and_suggests_update(swap, capsys):
     assert gate("--update", *SELECTION) == 0
     swap("accurate_sigmoid")
     capsys.readouterr()
-    assert gate() == 0
+    assert ci() == 0
     out = capsys.readouterr().out
     assert "improvement" in out and "record them: stabcheck gate" in out
 
@@ -102,20 +107,20 @@ def test_the_regression_corpus_is_rerun(swap, tmp_path, capsys):
     # a case that fails, added by hand: a regression in the regime 'corpus'
     case = Case.build(LOSS, [-800.0], [0.0], format="float32")
     capsys.readouterr()
-    assert gate("--add-case", case.to_json()) == 1
+    assert ci("--add-case", case.to_json()) == 1
     out = capsys.readouterr().out
     assert "1 case(s) added to baseline.cases.jsonl" in out
     assert any(" corpus " in x and "not in baseline" in x for x in out.splitlines())
     assert [c.id for c in load_corpus(tmp_path / "baseline.cases.jsonl")] == [case.id]
     # recorded, it passes; saving failures adds one smallest case per kind, then passes too
-    assert gate("--update") == 0
-    assert gate("--update", "--save-failures") == 0
+    assert ci("--update") == 0
+    assert ci("--update", "--save-failures") == 0
     saved = load_corpus(tmp_path / "baseline.cases.jsonl")
     assert len(saved) > 1 and all(c.predictions.size == 1 for c in saved)  # smallest units
     assert json.loads((tmp_path / "baseline.json").read_text())["corpus"]["corpus_cases"] == len(
         saved
     )
-    assert gate() == 0
+    assert ci() == 0
 
 
 def test_the_summary_goes_to_the_ci_step_summary(swap, tmp_path, monkeypatch, capsys):
@@ -123,7 +128,7 @@ def test_the_summary_goes_to_the_ci_step_summary(swap, tmp_path, monkeypatch, ca
     assert gate("--update", *SELECTION) == 0
     swap("naive_sigmoid")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "step.md"))
-    assert gate("--summary", "gate.md") == 1
+    assert ci("--summary", "gate.md") == 1
     text = (tmp_path / "step.md").read_text()
     assert text == (tmp_path / "gate.md").read_text()
     assert text.startswith("## stabcheck gate: FAILED") and "| overflow |" in text
@@ -156,14 +161,14 @@ def test_a_missing_or_damaged_baseline_exits_2(tmp_path, monkeypatch, capsys, co
 def test_a_gate_that_cannot_run_exits_2(swap, capsys):
     swap("stable_sigmoid")
     assert gate("--update", *SELECTION) == 0
-    assert gate("--seed", "1") == 2  # another corpus than the baseline's
+    assert ci("--seed", "1") == 2  # another corpus than the baseline's
     assert "seed=1 differs from the baseline's seed=0" in capsys.readouterr().err
     assert gate("--impl", "no_such_family") == 2
     assert "no_such_family" in capsys.readouterr().err
-    assert gate("--save-failures") == 2
+    assert ci("--save-failures") == 2
     assert "together with update" in capsys.readouterr().err
-    assert gate("--tolerance-ulps", "-1") == 2
-    assert "ulps=-1.0 must be a non-negative number" in capsys.readouterr().err
+    assert ci("--tolerance-ulps", "-1") == 2
+    assert "ulps=-1.0 must be a finite non-negative number" in capsys.readouterr().err
 
 
 # -- compare, on hand-made entries -----------------------------------------------------------
@@ -238,3 +243,127 @@ def test_saved_failures_are_the_smallest_units_and_never_huge():
     cases = {c.id: c for c in (wider, narrow, huge)}
     # the 2-class row rather than the 5-class one; the 2000-class row is never saved
     assert [c.id for c in failing_units(rows, cases)] == [narrow.id]
+
+
+# -- bad input: exit 2 (never 1, which means worse), a message, nothing written -------------
+
+BAD_FILES = {
+    "pickle": b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",
+    "gzip": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\xae\x05\x00C\xbf\xa6\xa3\x02\x00\x00",
+    "UTF-16": '{"stabcheck_baseline": 1}'.encode("utf-16"),
+    "binary": bytes(range(256)),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+@pytest.mark.parametrize("which", ["baseline", "corpus"])
+def test_a_binary_baseline_or_corpus_exits_2(swap, tmp_path, capsys, kind, which):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    target = tmp_path / ("baseline.json" if which == "baseline" else "baseline.cases.jsonl")
+    target.write_bytes(BAD_FILES[kind])
+    capsys.readouterr()
+    assert ci() == 2
+    err = capsys.readouterr().err
+    assert f"{which} {target.name} is not UTF-8 text" in err and "restore it" in err
+
+
+def test_an_out_of_range_hex_float_exits_2(swap, tmp_path, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    huge = ('{"loss":"sigmoid_cross_entropy_with_logits","format":"float32",'
+            '"predictions":["0x1p99999"],"labels":["0x1p-1"]}')  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        ci("--add-case", huge)
+    assert info.value.code == 2
+    assert "'0x1p99999' is beyond float64" in capsys.readouterr().err
+    (tmp_path / "baseline.cases.jsonl").write_text(huge + "\n")
+    assert ci() == 2
+    err = capsys.readouterr().err
+    assert "baseline.cases.jsonl:1 is not a case" in err and "beyond float64" in err
+
+
+def test_a_baseline_never_chooses_the_code_that_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gate("--update", "--impl", "naive", *SELECTION[2:]) == 0
+    data = json.loads((tmp_path / "baseline.json").read_text())
+    data["corpus"]["implementations"] = ["os:system"]
+    (tmp_path / "baseline.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert gate() == 2
+    err = capsys.readouterr().err
+    assert "the baseline names function(s) of your own (os:system)" in err
+    assert "never chooses the code that runs" in err and "--impl os:system" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--timeout", "inf"], ["timeout=inf", "at most"]),
+        (["--loss", "binary_crossentropy"], ["matches none of the", "losses " + LOSS]),
+        (["--format", "bfloat16"], ["matches none of the", "formats float32"]),
+        (["--accept-errors"], ["--accept-errors", "add --update"]),
+        (["--summary", "."], ["--summary='.'", "is a directory"]),
+        (["--add-case", Case.build("binary_crossentropy", [0.5], [1.0]).to_json()],
+         ["binary_crossentropy in float64", "would never be measured"]),
+    ],
+)  # fmt: skip
+def test_a_gate_that_cannot_run_says_why(swap, tmp_path, capsys, args, words):
+    swap("stable_sigmoid")
+    assert gate("--update", *SELECTION) == 0
+    before = (tmp_path / "baseline.json").read_bytes()
+    capsys.readouterr()
+    assert ci(*args) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+    assert (tmp_path / "baseline.json").read_bytes() == before
+    assert not (tmp_path / "baseline.cases.jsonl").exists()
+
+
+def test_a_function_of_one_loss_needs_its_loss_named(swap, tmp_path, capsys):
+    swap("stable_sigmoid")
+    assert gate("--update", "--impl", IMPL, "--grad") == 2  # the README's recipe, once
+    err = capsys.readouterr().err
+    assert "say which loss it computes" in err and not (tmp_path / "baseline.json").exists()
+
+
+def test_entries_that_measured_only_errors_are_not_recorded(swap, tmp_path, capsys):
+    swap("stable_sigmoid")  # a sigmoid function, run on a softmax loss too
+    other = ["--loss", "softmax_cross_entropy_with_logits"]
+    assert gate("--update", *SELECTION, *other) == 2
+    err = capsys.readouterr().err
+    assert "not writing the baseline" in err and "softmax_cross_entropy_with_logits" in err
+    assert "--accept-errors" in err and not (tmp_path / "baseline.json").exists()
+    assert gate("--update", *SELECTION, *other, "--accept-errors") == 0
+    data = json.loads((tmp_path / "baseline.json").read_text())
+    assert {e["loss"] for e in data["entries"]} == {LOSS, "softmax_cross_entropy_with_logits"}
+
+
+def test_a_module_that_exits_at_import_does_not_pass_the_gate(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(0)\n")
+    assert gate("--update", "--impl", "quits:loss", *SELECTION[2:]) == 2
+    assert "called sys.exit(0)" in capsys.readouterr().err
+    assert not (tmp_path / "baseline.json").exists()
+
+
+def test_repeating_an_implementation_is_no_regression(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gate("--update", "--impl", "naive", *SELECTION[2:]) == 0
+    capsys.readouterr()
+    assert gate("--impl", "naive", "--impl", "naive", "--format", "f32", "--format",
+                "float32") == 0  # fmt: skip
+    assert "passed, nothing worse" in capsys.readouterr().out
+
+
+def test_an_unexpected_failure_in_the_gate_is_exit_2_not_1(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OverflowError("a bug")
+
+    monkeypatch.setattr("stabcheck.gate.run_gate", broken)
+    assert gate("--update", "--impl", "naive") == 2
+    assert "could not run: OverflowError: a bug" in capsys.readouterr().err

@@ -382,6 +382,38 @@ def test_a_missing_baseline_is_a_usage_error(files, run):
     result.stderr.fnmatch_lines(["*--stabcheck-update-baseline needs --stabcheck-baseline*"])
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x80\x04\x95\x10\x00", "*b.json is not UTF-8 text (it looks binary)*"),
+        (b"\x1f\x8b\x08\x00\x00", "*b.json is not UTF-8 text (it looks gzip)*"),
+        ('{"stabcheck_baseline": 1}'.encode("utf-16"), "*is not UTF-8 text (it looks UTF-16)*"),
+        (b"[1, 2]", "*b.json is not a stabcheck baseline (it holds a JSON list*"),
+    ],
+)
+def test_a_damaged_baseline_is_a_usage_error(files, run, content, message):
+    files.makepyfile("def test_nothing(): pass")
+    (files.path / "b.json").write_bytes(content)
+    result = run("--stabcheck-baseline", "b.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("a_file", "*--stabcheck-report='*a_file' is a file, not a directory*"),
+        ("a_file/sub", "*--stabcheck-report='*a_file/sub' cannot be used as a directory*"),
+    ],
+)
+def test_a_report_folder_that_cannot_be_written_is_a_usage_error(files, run, target, message):
+    files.makepyfile("def test_nothing(): pass")
+    (files.path / "a_file").write_text("x")
+    result = run("--stabcheck-report", target)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
 # -- bad arguments ------------------------------------------------------------------------
 
 
