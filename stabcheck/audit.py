@@ -90,6 +90,8 @@ class AuditConfig:
             _count("jobs", self.jobs, 1, "a positive number of processes")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgument(f"seed={self.seed!r} must be an integer")
+        if not isinstance(self.grad, bool):
+            raise InvalidArgument(f"grad={self.grad!r} must be True or False")
         if not _real(self.timeout) or not 0 < self.timeout <= MAX_TIMEOUT:
             raise InvalidArgument(
                 f"timeout={self.timeout!r} must be a number of seconds above 0 and at most "

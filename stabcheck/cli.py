@@ -521,6 +521,8 @@ def _gate(args: argparse.Namespace) -> int:
         return _signals.exit_status()
     if terminal_progress() is not None:
         print(file=sys.stderr)
+    for note in outcome.notes:
+        print(f"note: {note}", file=sys.stderr)
     if outcome.added:
         print(f"{len(outcome.added)} case(s) added to {outcome.corpus_file}")
     measured = f"{len(outcome.audit.rows)} measurements of {len(outcome.audit.cases)} cases"

@@ -442,6 +442,7 @@ class GateResult:
     comparison: Comparison | None = None  # None when the baseline was rewritten
     corpus_file: Path | None = None
     added: list[Case] = field(default_factory=list)  # cases added to the corpus
+    notes: list[str] = field(default_factory=list)  # what the user should know
 
 
 def run_gate(
@@ -476,9 +477,16 @@ def run_gate(
             "save_failures adds the failing cases to the corpus, which the baseline must "
             "then record: use it together with update (--save-failures --update)"
         )
+    notes = []
     if update:
         writable_file(path, "baseline")
-    old = None if update and not path.exists() else Baseline.load(path)
+    try:
+        old = None if update and not path.exists() else Baseline.load(path)
+    except InvalidArgument as exc:
+        if not update:
+            raise
+        old = None  # what update is for; its settings come from the command line alone
+        notes.append(f"{str(exc).split(';')[0]}: replaced, with the settings given")
     config = gate_config(old, given or {}, update)
     if old is not None and not update and not expected_keys(old, config):
         raise InvalidArgument(
@@ -510,7 +518,7 @@ def run_gate(
     added = add_to_corpus(corpus_file, new_cases) if new_cases else []
     if update:
         obtained.save(path)
-        return GateResult(audit, obtained, None, corpus_file, added)
+        return GateResult(audit, obtained, None, corpus_file, added, notes)
     if old is None:  # only when update made it optional
         raise InvalidArgument(f"baseline {path} does not exist")
     comparison = compare(old.entries, obtained.entries, tolerance, expected_keys(old, config))
@@ -519,7 +527,7 @@ def run_gate(
         for name, value in sorted(obtained.environment.items())
         if name in old.environment and old.environment[name] != value
     ]
-    return GateResult(audit, obtained, comparison, corpus_file, added)
+    return GateResult(audit, obtained, comparison, corpus_file, added, notes)
 
 
 def _new(corpus: Sequence[Case], cases: Sequence[Case]) -> list[Case]:

@@ -367,3 +367,12 @@ def test_an_unexpected_failure_in_the_gate_is_exit_2_not_1(monkeypatch, tmp_path
     monkeypatch.setattr("stabcheck.gate.run_gate", broken)
     assert gate("--update", "--impl", "naive") == 2
     assert "could not run: OverflowError: a bug" in capsys.readouterr().err
+
+
+def test_update_replaces_a_damaged_baseline_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "baseline.json").write_bytes(BAD_FILES["gzip"])
+    assert gate("--update", "--impl", "naive", *SELECTION[2:]) == 0
+    err = capsys.readouterr().err
+    assert "note: baseline baseline.json is not UTF-8 text (it looks gzip): replaced" in err
+    assert Baseline.load(tmp_path / "baseline.json").entries
