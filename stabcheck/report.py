@@ -71,7 +71,7 @@ def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> l
         pass
     else:
         files["measurements.parquet"] = (frame.to_parquet, True)
-    files.update(plots(frame))
+    files.update(plots(frame, result.unsupported))
     return replace_files(Path(out), files, REPORT_FILES)
 
 
@@ -416,10 +416,11 @@ def write_cases(f: Any, cases: dict[str, Case]) -> None:
 # -- plots --------------------------------------------------------------------------------
 
 
-def plots(frame: Any) -> dict[str, Writer]:
+def plots(frame: Any, unsupported: Any = None) -> dict[str, Writer]:
     """One PNG per implementation, ``plots/NAME.png``: the worst status (colour) and the
     largest bits of error (number) for each regime and format, values and gradients side
-    by side. None without matplotlib."""
+    by side; a format in ``unsupported`` (name -> formats) is marked so. None without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -433,7 +434,9 @@ def plots(frame: Any) -> dict[str, Writer]:
     colours = ["#4caf50", "#ffc107", "#ff9800", "#e53935", "#8e24aa", "#b71c1c", "#424242",
                "#757575"]  # fmt: skip
     cmap = ListedColormap(colours)
-    formats = [f for f in format_names() if f in set(frame["format"])]
+    unsupported = unsupported or {}
+    shown = set(frame["format"]) | {f for found in unsupported.values() for f in found}
+    formats = [f for f in format_names() if f in shown]
     written: dict[str, Writer] = {}
     for impl, group in frame.groupby("implementation", sort=False):
         quantities = list(dict.fromkeys(group["quantity"]))
@@ -451,6 +454,11 @@ def plots(frame: Any) -> dict[str, Writer]:
                 label = f"{max(finite):.0f}" if finite else status
                 ax.text(formats.index(fmt), regimes.index(regime), label, ha="center",
                         va="center", fontsize=8)  # fmt: skip
+            for fmt in unsupported.get(impl, {}):
+                if fmt in formats:
+                    ax.text(formats.index(fmt), (len(regimes) - 1) / 2, "unsupported",
+                            ha="center", va="center", fontsize=8, color="#757575",
+                            rotation=90 if len(regimes) > 2 else 0)  # fmt: skip
             ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(colours) - 0.5, aspect="auto")
             ax.set_xticks(range(len(formats)), formats, fontsize=8)
             ax.set_yticks(range(len(regimes)), regimes, fontsize=8)
