@@ -462,8 +462,8 @@ def run_gate(
     ``None`` for those not given): the selection may narrow the baseline's, the corpus
     settings must match it unless ``update``. A user's ``module:function`` runs only when
     ``given`` names it: a baseline is data and never chooses the code that runs.
-    ``add_cases`` go into the regression corpus first; ``save_failures`` (with ``update``)
-    adds the smallest failing case of each kind. ``update`` refuses to record an entry
+    ``add_cases`` are measured with the corpus and written to it once the run succeeded;
+    ``save_failures`` (with ``update``) adds the smallest failing case of each kind. ``update`` refuses to record an entry
     whose every measurement is ``error`` or ``timeout`` (a function run on a loss it does
     not compute) unless ``accept_errors``. ``InvalidArgument`` or ``AdapterUnavailable``
     mean the gate could not run, and nothing was written.
