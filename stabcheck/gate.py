@@ -463,10 +463,11 @@ def run_gate(
     settings must match it unless ``update``. A user's ``module:function`` runs only when
     ``given`` names it: a baseline is data and never chooses the code that runs.
     ``add_cases`` are measured with the corpus and written to it once the run succeeded;
-    ``save_failures`` (with ``update``) adds the smallest failing case of each kind. ``update`` refuses to record an entry
-    whose every measurement is ``error`` or ``timeout`` (a function run on a loss it does
-    not compute) unless ``accept_errors``. ``InvalidArgument`` or ``AdapterUnavailable``
-    mean the gate could not run, and nothing was written.
+    ``save_failures`` (with ``update``) adds the smallest failing case of each kind.
+    ``update`` refuses to record an entry whose every measurement is ``error`` or
+    ``timeout`` (a function run on a loss it does not compute) unless ``accept_errors``.
+    ``InvalidArgument`` or ``AdapterUnavailable`` mean the gate could not run, and nothing
+    was written.
     """
     from stabcheck._files import writable_file
     from stabcheck.audit import run_audit
