@@ -36,7 +36,7 @@ class _State:
 
 
 def received() -> int | None:
-    """The first stop signal received inside ``stop_on_signals``, if any."""
+    """The first stop signal received in the current ``stop_on_signals`` block, if any."""
     return _State.received
 
 
@@ -67,6 +67,7 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _State.received, _State.raised = None, False  # none of this run's outlives it
 
 
 @contextlib.contextmanager

@@ -28,24 +28,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        with _signals.stop_on_signals():
+    with _signals.stop_on_signals():
+        try:
             return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"stabcheck {args.command}: stopped by {_stop_name()}", file=sys.stderr)
-        return _signals.exit_status()
-    except InvalidArgument as exc:
-        print(f"stabcheck {args.command}: error: {exc}", file=sys.stderr)
-    except StabcheckError as exc:
-        print(f"stabcheck {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    except Exception as exc:  # never the gate's "worse": a failure is "could not run"
-        traceback.print_exc()
-        print(
-            f"stabcheck {args.command}: could not run: {type(exc).__name__}: {exc} (a failure "
-            "inside stabcheck: please report it with the traceback above)",
-            file=sys.stderr,
-        )
-    return CANNOT_RUN
+        except KeyboardInterrupt:
+            print(f"stabcheck {args.command}: stopped by {_stop_name()}", file=sys.stderr)
+            return _signals.exit_status()
+        except InvalidArgument as exc:
+            print(f"stabcheck {args.command}: error: {exc}", file=sys.stderr)
+        except StabcheckError as exc:
+            print(f"stabcheck {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception as exc:  # never the gate's "worse": a failure is "could not run"
+            traceback.print_exc()
+            print(
+                f"stabcheck {args.command}: could not run: {type(exc).__name__}: {exc} (a "
+                "failure inside stabcheck: please report it with the traceback above)",
+                file=sys.stderr,
+            )
+        return CANNOT_RUN
 
 
 def _stop_name() -> str:
