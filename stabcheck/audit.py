@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stabcheck import _signals
+from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached
 from stabcheck.formats import format_names, get_format
@@ -84,10 +85,12 @@ class AuditConfig:
         configuration with canonical names, each once (``f32`` and ``float32`` are one
         format). A user's ``module:function`` is imported here, in a child process, so
         that an import that fails, exits or hangs is an error before the run."""
-        _count("examples", self.examples, 1)
-        _count("search", self.search, 0)
-        if self.jobs is not None:
-            _count("jobs", self.jobs, 1, "a positive number of processes")
+        counts = {
+            "examples": integer("examples", self.examples),
+            "search": integer("search", self.search, least=0),
+            "jobs": None if self.jobs is None
+            else integer("jobs", self.jobs, what="a positive number of processes"),
+        }  # fmt: skip
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgument(f"seed={self.seed!r} must be an integer")
         if not isinstance(self.grad, bool):
@@ -103,6 +106,7 @@ class AuditConfig:
             )
         config = replace(
             self,
+            **counts,
             implementations=_unique("implementations", self.implementations, str.strip),
             losses=_unique("losses", self.losses, lambda x: get_loss(x).name),
             formats=_unique("formats", self.formats, lambda f: get_format(f).name),
@@ -180,12 +184,6 @@ def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _count(name: str, value: Any, least: int, what: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        kind = what or ("a positive integer" if least else "a non-negative integer")
-        raise InvalidArgument(f"{name}={value!r} must be {kind}")
-
-
 def _unique(
     name: str, values: Sequence[str] | None, canonical: Callable[[str], str]
 ) -> tuple[str, ...] | None:
@@ -210,10 +208,14 @@ class AuditResult:
     interrupted: bool = False
     seconds: float = 0.0
     implementations: dict[str, Implementation] = field(default_factory=dict)  # one per name
-    # name -> {format: why}; the reason is "" where the adapter declares the format absent
-    unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
+    unsupported: dict[str, dict[str, str]] = field(default_factory=dict)  # see turned_down
     unavailable: dict[str, str] = field(default_factory=dict)  # name -> how to install
     without_gradients: list[str] = field(default_factory=list)  # with grad: values only
+
+    def turned_down(self, name: str, fmt: str, why: str = "") -> None:
+        """Note that implementation ``name`` does not take ``fmt`` (``why``: what its library
+        said when called; "" where its adapter declares the format absent)."""
+        self.unsupported.setdefault(name, {})[fmt] = why
 
     def add(self, part: AuditResult) -> None:
         """Add what ``part`` (one task, measured in another process perhaps) found."""
@@ -223,7 +225,8 @@ class AuditResult:
         for path, count in part.oracle_units.items():
             self.oracle_units[path] += count
         for name, formats in part.unsupported.items():
-            self.unsupported.setdefault(name, {}).update(formats)
+            for fmt, why in formats.items():
+                self.turned_down(name, fmt, why)
 
     def frame(self) -> Any:
         """The measurements as a pandas DataFrame with the columns ``COLUMNS``."""
@@ -303,7 +306,7 @@ def search_worst(
             assume(False)
         outcome = runner.call(impl, case, config.grad)
         if outcome.status == UNSUPPORTED:
-            into.unsupported.setdefault(impl.name, {})[fmt] = outcome.note
+            into.turned_down(impl.name, fmt, outcome.note)
             assume(False)
         rows = list(_rows(impl, case, exact, outcome, config, "search"))
         score = max(_score(row) for row in rows)
@@ -428,7 +431,7 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
         into.cases[case.id] = case
         for impl, outcome in runners.run(impls, case, config.grad):
             if outcome.status == UNSUPPORTED:
-                into.unsupported.setdefault(impl.name, {})[case.format.name] = outcome.note
+                into.turned_down(impl.name, case.format.name, outcome.note)
             else:
                 into.rows.extend(_rows(impl, case, exact, outcome, config, origin))
 
@@ -610,7 +613,7 @@ def _implementations(
         if not impl.available:
             result.unavailable[impl.name] = _install_hint(impl)
         elif fmt not in impl.formats:
-            result.unsupported.setdefault(impl.name, {})[fmt] = ""
+            result.turned_down(impl.name, fmt)
         else:
             result.implementations.setdefault(impl.name, impl)
             chosen.append(impl)

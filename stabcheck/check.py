@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, StabcheckError, did_you_mean
 from stabcheck.formats import get_format
@@ -335,12 +336,6 @@ def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
     return out
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgument(f"{name}={value!r} is not valid; it must be a positive integer")
-    return int(value)
-
-
 def _plan(
     fn: Any,
     loss: Any,
@@ -441,7 +436,7 @@ def _plan(
     parent = settings if settings is not None else Settings.default
     if examples is None:
         examples = settings.max_examples if settings is not None else DEFAULT_EXAMPLES
-    examples = _positive_int("examples", examples)
+    examples = integer("examples", examples)
     if not isinstance(max_ulps, (int, float, np.integer, np.floating)) or not max_ulps >= 0:
         raise InvalidArgument(f"max_ulps={max_ulps!r} must be a non-negative number of ULPs")
     derandomized = bool(parent.derandomize or os.environ.get("CI"))
@@ -461,8 +456,8 @@ def _plan(
         max_ulps=float(max_ulps),
         allow=allowed,
         params=fixed,
-        max_rows=_positive_int("max_rows", max_rows),
-        max_classes=_positive_int("max_classes", max_classes),
+        max_rows=integer("max_rows", max_rows),
+        max_classes=integer("max_classes", max_classes),
         settings=parent,
     )
 
@@ -912,13 +907,7 @@ def write_session_report(
 
     from stabcheck._files import replace_files
     from stabcheck.audit import COLUMNS, AuditConfig, AuditResult
-    from stabcheck.report import (
-        REPORT_FILES,
-        run_info,
-        summary_markdown,
-        worst_markdown,
-        write_cases,
-    )
+    from stabcheck.report import REPORT_FILES, report_files, run_info, summary_markdown
 
     out = Path(out)
     frame = pd.DataFrame(list(rows), columns=[*COLUMNS, "test"])
@@ -952,13 +941,7 @@ def write_session_report(
     body = audit_md[start + 1 :] if start >= 0 and not frame.empty else "No measurements.\n"
     summary = "\n".join(lines) + "\n\n" + body
     run = {"checks": list(checks), "versions": info["versions"]}
-    files = {
-        "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
-        "cases.jsonl.gz": (lambda f: write_cases(f, dict(cases)), True),
-        "summary.md": (lambda f: f.write(summary), False),
-        "worst.md": (lambda f: f.write(worst_markdown(frame, dict(cases))), False),
-        "run.json": (lambda f: f.write(json.dumps(run, indent=2, default=str)), False),
-    }
+    files = report_files(frame, dict(cases), summary, json.dumps(run, indent=2, default=str))
     return replace_files(out, files, REPORT_FILES)
 
 

@@ -29,7 +29,6 @@ import gzip
 import io
 import json
 import math
-import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -47,9 +46,9 @@ WORST_PER_IMPLEMENTATION = 10
 INLINE_CASE_LIMIT = 600  # characters of JSON above which a reproduction points to cases.jsonl
 
 
-REPORT_FILES = ("measurements.csv", "measurements.parquet", "cases.jsonl.gz", "summary.md",
-                "worst.md", "run.json", "plots/*.png", "measurements.partial.csv")  # fmt: skip
 CHECKPOINT = "measurements.partial.csv"
+REPORT_FILES = ("measurements.csv", "measurements.parquet", "cases.jsonl.gz", "summary.md",
+                "worst.md", "run.json", "plots/*.png", CHECKPOINT)  # fmt: skip
 
 
 def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> list[Path]:
@@ -58,13 +57,7 @@ def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> l
     frame = result.frame()
     summary = summary_markdown(frame, result, config)
     info = json.dumps(run_info(result, config), indent=2)
-    files: dict[str, Writer] = {
-        "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
-        "cases.jsonl.gz": (lambda f: write_cases(f, result.cases), True),
-        "summary.md": (lambda f: f.write(summary), False),
-        "worst.md": (lambda f: f.write(worst_markdown(frame, result.cases)), False),
-        "run.json": (lambda f: f.write(info), False),
-    }
+    files = report_files(frame, result.cases, summary, info)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -73,6 +66,20 @@ def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> l
         files["measurements.parquet"] = (frame.to_parquet, True)
     files.update(plots(frame, result.unsupported))
     return replace_files(Path(out), files, REPORT_FILES)
+
+
+def report_files(
+    frame: Any, cases: dict[str, Case], summary: str, info: str
+) -> dict[str, Writer]:
+    """The files every report has (an audit's, a test session's), by name: the
+    measurements, the cases, the summary, the worst cases and ``info`` as run.json."""
+    return {
+        "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
+        "cases.jsonl.gz": (lambda f: write_cases(f, cases), True),
+        "summary.md": (lambda f: f.write(summary), False),
+        "worst.md": (lambda f: f.write(worst_markdown(frame, cases)), False),
+        "run.json": (lambda f: f.write(info), False),
+    }
 
 
 def write_checkpoint(result: AuditResult, out: str | Path) -> Path:
@@ -149,10 +156,9 @@ def versions() -> dict[str, str]:
     import mpmath
 
     import stabcheck
+    from stabcheck.oracle.fast import numba_wanted
 
-    compiled = _version("numba") != "not installed" and os.environ.get(
-        "STABCHECK_NUMBA", ""
-    ).strip() != "0"
+    compiled = numba_wanted() and _version("numba") != "not installed"
     return {
         "stabcheck": stabcheck.__version__,
         "python": platform.python_version(),

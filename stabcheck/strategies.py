@@ -26,6 +26,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import Format, get_format
@@ -815,12 +816,6 @@ def regimes_for(loss: str | LossSpec) -> list[str]:
     return [regime.name for regime in REGIMES if regime.applies(spec)]
 
 
-def _check_size(name: str, value: Any, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise InvalidArgument(f"{name}={value!r} is not valid; it must be an integer >= {least}")
-    return int(value)
-
-
 def cases(
     loss: str | LossSpec,
     format: str | Format = "float64",
@@ -841,8 +836,8 @@ def cases(
             f"regime={reg.name!r} does not apply to {spec.name}: {reg.description} "
             f"Regimes for {spec.name}: {', '.join(regimes_for(spec))}."
         )
-    rows = _check_size("max_rows", max_rows, 1)
-    classes = _check_size("max_classes", max_classes, 1)
+    rows = integer("max_rows", max_rows, what="an integer >= 1")
+    classes = integer("max_classes", max_classes, what="an integer >= 1")
     if spec.rowwise and reg.name != "wide" and classes < reg.min_classes:
         raise InvalidArgument(
             f"max_classes={classes} is too small for regime {reg.name!r} with {spec.name}; "

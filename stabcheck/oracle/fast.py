@@ -240,9 +240,13 @@ def numba_kernels() -> tuple | None:
     """``_exp_rows`` and ``_grad_rows`` compiled by numba, which then replaces the blocks of
     numpy passes with the same arithmetic (``pip install 'stabcheck[fast]'``); None
     without numba or with the environment variable ``STABCHECK_NUMBA=0``."""
-    if os.environ.get("STABCHECK_NUMBA", "").strip() == "0":
-        return None
-    return _compile()
+    return _compile() if numba_wanted() else None
+
+
+def numba_wanted() -> bool:
+    """Whether the compiled passes are asked for: not turned off by ``STABCHECK_NUMBA=0``
+    (they then run when numba is installed)."""
+    return os.environ.get("STABCHECK_NUMBA", "").strip() != "0"
 
 
 @cache
