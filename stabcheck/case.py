@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from stabcheck.errors import InvalidArgument
+from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import FORMATS, Format, get_format
-from stabcheck.losses import LabelKind, LossSpec, get_loss
+from stabcheck.losses import LabelKind, LossSpec, ParamKind, ParamSpec, get_loss, get_param
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,14 +28,17 @@ class Case:
 
     ``predictions`` and float ``labels`` are arrays of the format's dtype; sparse labels
     are ``int64``. Rowwise losses always hold 2-D predictions (N x C); a single row given
-    as a 1-D array becomes 1 x C.
+    as a 1-D array becomes 1 x C. ``params`` holds the options given (see
+    ``stabcheck.losses.PARAMS``): reals as values of the format (Python floats), class
+    weights as an array of the format, ``ignore_index`` an int, ``reduction`` a name;
+    ``param(name)`` gives an option's value or its default.
     """
 
     loss: LossSpec
     format: Format
     predictions: np.ndarray
     labels: np.ndarray
-    params: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
     regime: str = "manual"
 
     @classmethod
@@ -52,8 +56,9 @@ class Case:
         preds = _float_array("predictions", predictions, fmt)
         if spec.rowwise:
             preds = _rows(preds)
+        checked = _params(spec, fmt, params, preds.shape[-1])
         if spec.labels is LabelKind.SPARSE:
-            labs = _sparse_labels(labels, preds.shape)
+            labs = _sparse_labels(labels, preds.shape, checked.get("ignore_index"))
         else:
             labs = _float_array("labels", labels, fmt)
             if spec.rowwise and labs.ndim == 1:
@@ -66,17 +71,31 @@ class Case:
             _check_unit_interval("labels", labs, allow_nan=False)
         if spec.inputs.value == "probabilities":
             _check_unit_interval("predictions", preds, allow_nan=True)
-        return cls(spec, fmt, preds, labs, _params(spec, fmt, params), regime)
+        return cls(spec, fmt, preds, labs, checked, regime)
+
+    def param(self, name: str) -> Any:
+        """The value of option ``name``: as given, else its default (None: off)."""
+        return self.params.get(name, get_param(name).default)
 
     # -- the shape of the answer ---------------------------------------------------------
 
     @property
+    def reduced(self) -> bool:
+        """Whether the loss is reduced to one number (``reduction`` other than ``none``)."""
+        return self.param("reduction") != "none"
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
-        """The shape of the unreduced loss."""
+        """The shape of the loss: () when reduced, else one per row (rowwise) or element."""
+        if self.reduced:
+            return ()
         return self.predictions.shape[:1] if self.loss.rowwise else self.predictions.shape
 
     def unit(self, index: tuple[int, ...]) -> Case:
-        """The one row (rowwise) or element that output ``index`` comes from, as a case."""
+        """The one row (rowwise) or element that output ``index`` comes from, as a case;
+        a reduced case is its own unit (the reduction couples its rows)."""
+        if self.reduced:
+            return self
         if self.loss.rowwise:
             pick = slice(index[0], index[0] + 1)
             preds, labels = self.predictions[pick], self.labels[pick]
@@ -94,7 +113,7 @@ class Case:
             "format": self.format.name,
             "predictions": _hex(self.predictions),
             "labels": self.labels.tolist() if sparse else _hex(self.labels),
-            "params": {k: float(v).hex() for k, v in sorted(self.params.items())},
+            "params": {k: _param_json(get_param(k), v) for k, v in sorted(self.params.items())},
             "regime": self.regime,
         }
 
@@ -122,7 +141,7 @@ class Case:
         params = data.get("params", {})
         if not isinstance(params, Mapping):
             raise InvalidArgument(f"params={params!r} must be an object such as "
-                                  '{"pos_weight": "0x1.8p+1"}')  # fmt: skip
+                                  '{"pos_weight": "0x1.8p+1", "reduction": "mean"}')  # fmt: skip
         for key in ("loss", "format", "regime"):
             if key in data and not isinstance(data[key], str):
                 raise InvalidArgument(f"{key}={data[key]!r} must be a string")
@@ -132,7 +151,8 @@ class Case:
             parse_floats(data["labels"]),
             format=data.get("format", "float64"),
             regime=data.get("regime", "manual"),
-            **{str(k): parse_floats(v) for k, v in params.items()},
+            **{str(k): v if isinstance(v, str) and not _numeric(v) else parse_floats(v)
+               for k, v in params.items()},
         )
 
     @property
@@ -151,7 +171,9 @@ class Case:
             f"--labels '{json.dumps(d['labels'], separators=(',', ':'))}'",
             f"--format {d['format']}",
         ]
-        args += [f"--{k.replace('_', '-')} {v}" for k, v in d["params"].items()]
+        for k, v in d["params"].items():
+            text = json.dumps(v, separators=(",", ":")) if isinstance(v, list) else str(v)
+            args.append(f"--{k.replace('_', '-')} {shlex.quote(text)}")
         return " ".join(args)
 
     def __repr__(self) -> str:
@@ -221,7 +243,7 @@ def _check_unit_interval(name: str, array: np.ndarray, *, allow_nan: bool) -> No
         )
 
 
-def _sparse_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _sparse_labels(labels: Any, shape: tuple[int, ...], ignore: int | None) -> np.ndarray:
     array = np.atleast_1d(np.asarray(parse_floats(labels) if isinstance(labels, list) else labels))
     n, classes = shape
     if array.shape != (n,):
@@ -240,36 +262,87 @@ def _sparse_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
     elif array.dtype.kind not in "iub":
         raise InvalidArgument(f"labels has dtype {array.dtype}; sparse labels are integers")
     bad = (array < 0) | (array >= classes)
+    if ignore is not None:
+        bad &= array != ignore
     if bad.any():
         i = int(np.argmax(bad))
         value = array[i].item()
+        also = "" if ignore is None else f" or ignore_index={ignore}"
         raise InvalidArgument(
             f"labels[{i}]={value!r} is out of range for {classes} classes; sparse labels "
-            f"are integers in [0, {classes})"
+            f"are integers in [0, {classes}){also}"
         )
     return array.astype(np.int64)
 
 
-def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any]) -> dict[str, float]:
+def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any], classes: int) -> dict:
+    """The options of ``spec`` checked against their specs; reals cast to ``fmt``."""
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         takes = ", ".join(spec.params) or "no parameters"
         raise InvalidArgument(
             f"{spec.name} got unknown parameter {unknown[0]}=...; it takes {takes}"
         )
-    missing = [name for name in spec.params if params.get(name) is None]
-    if missing:
-        raise InvalidArgument(f"{spec.name} needs {missing[0]}=..., a finite positive number")
-    out = {}
-    for name, value in params.items():
-        try:
-            number = float(fmt.asarray(float(value)))
-        except (TypeError, ValueError):
-            number = math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise InvalidArgument(
-                f"{name}={value!r} is not valid; it must be a finite positive number "
-                f"(in {fmt.name}, where it is {number!r})"
-            )
-        out[name] = number
+    out: dict[str, Any] = {}
+    for param in spec.param_specs:
+        value = params.get(param.name)
+        if value is None:
+            if param.required:
+                raise InvalidArgument(f"{spec.name} needs {param.name}=..., {param.domain}")
+            continue
+        out[param.name] = _param(param, value, fmt, classes)
     return out
+
+
+def _param(param: ParamSpec, value: Any, fmt: Format, classes: int) -> Any:
+    name, fix = param.name, f"it must be {param.domain}"
+    if param.kind is ParamKind.CHOICE:
+        if value not in param.choices:
+            raise InvalidArgument(
+                f"{name}={value!r} is not valid; {fix}.{did_you_mean(value, param.choices)}"
+            )
+        return value
+    if param.kind is ParamKind.INDEX:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or (
+            isinstance(value, float) and not value.is_integer()
+        ):
+            raise InvalidArgument(f"{name}={value!r} is not valid; {fix}")
+        return int(value)
+    if param.kind is ParamKind.VECTOR:
+        array = _float_array(name, value, fmt).reshape(-1)
+        if array.shape != (classes,):
+            raise InvalidArgument(
+                f"{name} has {array.size} entries but there are {classes} classes; {fix}"
+            )
+        values = array.astype(np.float64)
+        bad = ~((values >= param.low) & np.isfinite(values))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(f"{name}[{i}]={float(values[i])!r} is not valid; {fix}")
+        return array
+    try:
+        number = float(fmt.asarray(float(value))) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    low_ok = number > param.low if param.open_low else number >= param.low
+    if not (math.isfinite(number) and low_ok and number <= param.high):
+        raise InvalidArgument(
+            f"{name}={value!r} is not valid; {fix} (in {fmt.name}, where it is {number!r})"
+        )
+    return number
+
+
+def _param_json(param: ParamSpec, value: Any) -> Any:
+    if param.kind is ParamKind.REAL:
+        return float(value).hex()
+    if param.kind is ParamKind.VECTOR:
+        return _hex(value)
+    return value
+
+
+def _numeric(text: str) -> bool:
+    try:
+        parse_floats(text)
+    except InvalidArgument:
+        return False
+    return True

@@ -1,15 +1,36 @@
-"""The loss catalogue: one spec per cross-entropy loss, read by every other layer.
+"""The loss catalogue: one spec per cross-entropy loss and one per parameter, read by every
+other layer (oracle, strategies, references, adapters, cases, CLI, reports).
 
 Notation: ``x`` logits, ``p`` probabilities, ``z`` binary or soft targets in [0, 1],
-``y`` a row of soft labels, ``k`` an integer label, ``q`` the ``pos_weight``.
-Losses are unreduced: elementwise for the binary and sigmoid forms, one per row of an
-N x C input for the others.
+``y`` a row of soft labels, ``k`` an integer label, ``q`` the ``pos_weight``, ``C`` the
+number of classes. Without options, losses are unreduced: elementwise for the binary and
+sigmoid forms, one per row of an N x C input for the others.
+
+Options, in the order the oracle applies them (each a ``ParamSpec`` below):
+
+- ``softcap`` c: logits become ``c tanh(x / c)``; a ``-inf`` logit (a masked or padded lane)
+  stays ``-inf`` (Gemma 2's cap; unsloth #10616 is the bug of turning it into ``-c``).
+- ``label_smoothing`` e: targets ``(1 - e) y + e / C`` (softmax and categorical forms, PyTorch,
+  Keras, optax), ``(1 - e) z + e / 2`` (binary and sigmoid forms, Keras).
+- ``weight`` w (one per class): the row loss is ``sum_i w_i t_i (lse(x) - x_i)``, PyTorch's
+  definition for index and probability targets alike.
+- ``z_loss`` s: adds ``s lse(x)^2`` to each row (PaLM; Liger and flash-attention call it
+  ``lse_square_scale``).
+- ``ignore_index``: rows whose label equals it give 0 and a zero gradient, whatever their
+  logits hold (PyTorch ``ignore_index``, Keras ``ignore_class``).
+- ``reduction``: ``none``; ``sum`` (the exact sum, rounded once); ``mean`` as PyTorch defines
+  it (index targets: divided by the sum of ``w_k`` over the rows not ignored, so NaN when
+  every row is ignored; probability targets and elementwise losses: divided by the number
+  of rows or elements); ``sum_over_batch_size`` as Keras defines it (divided by the number of
+  rows not ignored, or of elements; 0 when every row is ignored).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from stabcheck.errors import InvalidArgument, did_you_mean
 
@@ -36,14 +57,169 @@ class OutputShape(str, Enum):
     ROWWISE = "rowwise"  # one value per row of an N x C input
 
 
+class ParamKind(str, Enum):
+    """What a parameter's value is."""
+
+    REAL = "real"  # a number, used as its value in the case's format
+    VECTOR = "vector"  # one number per class, values of the case's format
+    INDEX = "index"  # an integer
+    CHOICE = "choice"  # one of a few names
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One option of a loss: its domain, default and meaning, what the strategies draw and
+    what each framework calls it.
+
+    A real's domain is ``[low, high]`` (``low`` excluded when ``open_low``); NaN is never in
+    it. ``default=None`` means the option is off (or, with ``required``, must be given).
+    ``draws`` names the values the strategies favour, as a kernel meets them: numbers, or
+    ``eps`` (the format's), ``tiny``, ``subnormal`` (the smallest), ``1-ulp``, ``huge``
+    (near the format's largest), ``mixed`` (vectors: zeros, subnormals and huge values).
+    """
+
+    name: str
+    kind: ParamKind
+    summary: str
+    default: Any = None
+    required: bool = False
+    low: float = float("-inf")
+    high: float = float("inf")
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+    draws: tuple[str, ...] = ()
+    names: Mapping[str, str] = field(default_factory=dict)  # framework -> its name
+
+    @property
+    def domain(self) -> str:
+        """The valid values, in words, for error messages."""
+        if self.kind is ParamKind.CHOICE:
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.kind is ParamKind.INDEX:
+            return "an integer"
+        if self.high == float("inf") and self.low == 0:
+            number = f"a finite {'positive' if self.open_low else 'non-negative'} number"
+        elif self.high == float("inf"):
+            bound = f"> {self.low:g}" if self.open_low else f">= {self.low:g}"
+            number = f"a finite number {bound}"
+        else:
+            number = f"a number in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+        return number if self.kind is ParamKind.REAL else f"one {number[2:]} per class"
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "pos_weight",
+        ParamKind.REAL,
+        "weight of the positive term: q z softplus(-x) + (1 - z) softplus(x)",
+        required=True,
+        low=0.0,
+        open_low=True,
+        names={"tensorflow": "pos_weight", "torch": "pos_weight"},
+    ),
+    ParamSpec(
+        "label_smoothing",
+        ParamKind.REAL,
+        "targets (1 - e) y + e/C (softmax, categorical); (1 - e) z + e/2 (binary, sigmoid)",
+        default=0.0,
+        low=0.0,
+        high=1.0,
+        draws=("0", "subnormal", "eps", "0.1", "0.5", "1-ulp", "1"),
+        names={
+            "torch": "label_smoothing",
+            "keras": "label_smoothing",
+            "optax": "optax.smooth_labels(labels, alpha)",
+        },
+    ),
+    ParamSpec(
+        "weight",
+        ParamKind.VECTOR,
+        "class weights: the row loss is sum_i w_i t_i (lse(x) - x_i)",
+        low=0.0,
+        draws=("mixed",),
+        names={"torch": "weight"},
+    ),
+    ParamSpec(
+        "ignore_index",
+        ParamKind.INDEX,
+        "rows whose label equals it give 0 and a zero gradient, whatever their logits",
+        draws=("-100", "0"),
+        names={"torch": "ignore_index", "keras": "ignore_class"},
+    ),
+    ParamSpec(
+        "z_loss",
+        ParamKind.REAL,
+        "adds s lse(x)^2 to each row",
+        default=0.0,
+        low=0.0,
+        draws=("0", "subnormal", "1e-4", "1", "huge"),
+        names={"liger": "lse_square_scale", "flash_attn": "lse_square_scale"},
+    ),
+    ParamSpec(
+        "softcap",
+        ParamKind.REAL,
+        "logits c tanh(x / c) before the softmax; a -inf logit stays -inf",
+        low=0.0,
+        open_low=True,
+        draws=("tiny", "eps", "1", "30", "huge"),
+        names={"liger": "softcap", "gemma": "final_logit_softcapping"},
+    ),
+    ParamSpec(
+        "alpha",
+        ParamKind.REAL,
+        "focal balance: alpha z + (1 - alpha)(1 - z) times the loss; off: no weighting",
+        low=0.0,
+        high=1.0,
+        draws=("0", "0.25", "0.5", "1"),
+        names={"torch": "alpha", "optax": "alpha"},
+    ),
+    ParamSpec(
+        "gamma",
+        ParamKind.REAL,
+        "focal exponent: the loss times (1 - p_t)^gamma",
+        default=2.0,
+        low=0.0,
+        draws=("0", "0.5", "2", "5"),
+        names={"torch": "gamma", "optax": "gamma"},
+    ),
+    ParamSpec(
+        "reduction",
+        ParamKind.CHOICE,
+        "none; sum; mean (PyTorch's denominator); sum_over_batch_size (Keras')",
+        default="none",
+        choices=("none", "sum", "mean", "sum_over_batch_size"),
+        draws=("sum", "mean", "sum_over_batch_size"),
+        names={"torch": "reduction", "keras": "reduction"},
+    ),
+)
+
+_PARAMS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
+
+
+def get_param(name: str) -> ParamSpec:
+    """The spec of the parameter called ``name``."""
+    spec = _PARAMS.get(name)
+    if spec is None:
+        raise InvalidArgument(
+            f"{name!r} is not a loss parameter.{did_you_mean(name, _PARAMS)} "
+            f"Parameters: {', '.join(_PARAMS)}."
+        )
+    return spec
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    """One loss: its name, the kinds of its inputs, its parameters and its formula."""
+    """One loss: its name, the kinds of its inputs, its parameters and its formula.
+
+    ``oracle`` names the oracle's formula for it (``stabcheck.oracle`` looks it up by this
+    name): ``binary``, ``sigmoid``, ``focal``, ``categorical`` or ``softmax``.
+    """
 
     name: str
     inputs: InputKind
     labels: LabelKind
     output: OutputShape
+    oracle: str
     formula: str
     gradient: str
     params: tuple[str, ...] = ()
@@ -53,6 +229,10 @@ class LossSpec:
     def rowwise(self) -> bool:
         return self.output is OutputShape.ROWWISE
 
+    @property
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        return tuple(_PARAMS[name] for name in self.params)
+
 
 LOSSES: tuple[LossSpec, ...] = (
     LossSpec(
@@ -60,8 +240,10 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.PROBABILITIES,
         labels=LabelKind.BINARY,
         output=OutputShape.ELEMENTWISE,
+        oracle="binary",
         formula="-(z log p + (1 - z) log(1 - p))",
         gradient="dL/dp = -z/p + (1 - z)/(1 - p)",
+        params=("label_smoothing", "reduction"),
         aliases=("binary_cross_entropy", "log_loss"),
     ),
     LossSpec(
@@ -69,8 +251,10 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.PROBABILITIES,
         labels=LabelKind.SOFT,
         output=OutputShape.ROWWISE,
+        oracle="categorical",
         formula="-sum_i y_i log p_i",
         gradient="dL/dp_i = -y_i / p_i",
+        params=("label_smoothing", "weight", "reduction"),
         aliases=("categorical_cross_entropy",),
     ),
     LossSpec(
@@ -78,8 +262,10 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.PROBABILITIES,
         labels=LabelKind.SPARSE,
         output=OutputShape.ROWWISE,
+        oracle="categorical",
         formula="-log p_k",
         gradient="dL/dp_i = -[i = k] / p_k",
+        params=("weight", "ignore_index", "reduction"),
         aliases=("sparse_categorical_cross_entropy",),
     ),
     LossSpec(
@@ -87,8 +273,10 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.LOGITS,
         labels=LabelKind.BINARY,
         output=OutputShape.ELEMENTWISE,
+        oracle="sigmoid",
         formula="z softplus(-x) + (1 - z) softplus(x) = max(x, 0) - x z + log1p(exp(-|x|))",
         gradient="dL/dx = sigmoid(x) - z",
+        params=("label_smoothing", "reduction"),
         aliases=("binary_cross_entropy_with_logits", "sigmoid_binary_cross_entropy"),
     ),
     LossSpec(
@@ -96,17 +284,20 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.LOGITS,
         labels=LabelKind.BINARY,
         output=OutputShape.ELEMENTWISE,
+        oracle="sigmoid",
         formula="q z softplus(-x) + (1 - z) softplus(x)",
         gradient="dL/dx = (1 - z) sigmoid(x) - q z sigmoid(-x)",
-        params=("pos_weight",),
+        params=("pos_weight", "reduction"),
     ),
     LossSpec(
         name="softmax_cross_entropy_with_logits",
         inputs=InputKind.LOGITS,
         labels=LabelKind.SOFT,
         output=OutputShape.ROWWISE,
+        oracle="softmax",
         formula="sum_i y_i (logsumexp(x) - x_i)",
         gradient="dL/dx_i = (sum_j y_j) softmax(x)_i - y_i",
+        params=("label_smoothing", "weight", "z_loss", "softcap", "reduction"),
         aliases=("softmax_cross_entropy",),
     ),
     LossSpec(
@@ -114,9 +305,23 @@ LOSSES: tuple[LossSpec, ...] = (
         inputs=InputKind.LOGITS,
         labels=LabelKind.SPARSE,
         output=OutputShape.ROWWISE,
+        oracle="softmax",
         formula="logsumexp(x) - x_k",
         gradient="dL/dx_i = softmax(x)_i - [i = k]",
+        params=("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "reduction"),
         aliases=("softmax_cross_entropy_with_integer_labels",),
+    ),
+    LossSpec(
+        name="sigmoid_focal_loss",
+        inputs=InputKind.LOGITS,
+        labels=LabelKind.BINARY,
+        output=OutputShape.ELEMENTWISE,
+        oracle="focal",
+        formula="a_t (1 - p_t)^gamma CE(x, z), p = sigmoid(x), p_t = p z + (1 - p)(1 - z), "
+        "a_t = alpha z + (1 - alpha)(1 - z) (1 when alpha is off)",
+        gradient="dL/dx = a_t (1 - p_t)^gamma ((p - z) + gamma CE (1 - 2z) p (1 - p) / (1 - p_t))",
+        params=("alpha", "gamma", "reduction"),
+        aliases=("focal_loss",),
     ),
 )
 

@@ -177,7 +177,7 @@ INVALID = [
      {"pos_weight": 2.0**-26, "format": "float16"},
      ["is not valid", "(in float16, where it is 0.0)"]),
     ("unknown-param", SIGMOID, [1.0], [1.0], {"pos_weight": 2.0},
-     [f"{SIGMOID} got unknown parameter pos_weight=...", "it takes no parameters"]),
+     [f"{SIGMOID} got unknown parameter pos_weight=...", "it takes label_smoothing, reduction"]),
     ("unknown-param-weighted", WEIGHTED, [1.0], [1.0], {"pos_weight": 2.0, "gamma": 1.0},
      ["unknown parameter gamma=...", "it takes pos_weight"]),
     ("empty-predictions", SIGMOID, [], [], {}, ["predictions is empty", "at least one value"]),

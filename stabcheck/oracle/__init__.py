@@ -27,18 +27,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 from mpmath import libmp
 
 from stabcheck.case import Case
-from stabcheck.losses import InputKind, LabelKind
-from stabcheck.oracle import enclosure
+from stabcheck.losses import LabelKind
+from stabcheck.oracle import enclosure, options
 from stabcheck.oracle import fast as fastpath
-from stabcheck.oracle.elementwise import Binary, Weighted
+from stabcheck.oracle.elementwise import Binary, Focal, Weighted
 from stabcheck.oracle.enclosure import MAX_PRECISION, Interval, Quantity, midpoint
-from stabcheck.oracle.rowwise import Categorical, Softmax
+from stabcheck.oracle.rowwise import Capped, Categorical, Softmax
 
 __all__ = ["FAST_MIN_SIZE", "MAX_PRECISION", "OracleResult", "decimal", "evaluate", "exact"]
 
@@ -94,11 +95,14 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
     ``fast=False`` does not; by default it does for cases of at least ``FAST_MIN_SIZE``
     predictions, unless the environment variable ``STABCHECK_ORACLE`` is ``mpmath``.
     """
+    if case.reduced:
+        return _reduced(case, grad)
     if fast is None:
         fast = (
             os.environ.get("STABCHECK_ORACLE", "").strip().lower() != "mpmath"
             and case.predictions.size >= FAST_MIN_SIZE
         )
+    fast = fast and set(case.params) <= options.FAST_OPTIONS
     shape, pshape = case.output_shape, case.predictions.shape
     value, gradient = fastpath.evaluate(case, grad) if fast else fastpath.nothing(case, grad)
     decided = value.ok.reshape(-1).copy()  # per unit: its value and all its gradient
@@ -211,30 +215,116 @@ def _certify(unit: Any, case: Case) -> tuple[Any, Any, int]:
     return value, grads, used[0]
 
 
+def _reduced(case: Case, grad: bool) -> OracleResult:
+    """A reduced case: the exact sum of its units over ``options.denominator``, rounded
+    once, and each unit's gradient over the same denominator (mpmath units only)."""
+    d, no_nan = options.denominator(case)
+    values = [unit for _, unit in _units(case, False)]
+
+    def reduced(prec: int) -> tuple[Quantity, list[Quantity]]:
+        summed = options.total([unit(prec)[0] for unit in values], prec)
+        return options.divide(summed, d, no_nan, prec), []
+
+    (value, q), _ = enclosure.certify(reduced, case.format)
+    kappas, weights = [], []
+    for unit in values:
+        unit_value, _ = enclosure.certify(unit, case.format)
+        kappas.append(unit.condition(unit_value[1], [])[0])
+        weights.append(abs(float(midpoint(unit_value[1]))) if kappas[-1] == kappas[-1] else 0.0)
+    whole = sum(weights)
+    kappa = sum(k * w for k, w in zip(kappas, weights) if w) / whole if whole else float("nan")
+    result: dict[str, Any] = dict(
+        case=case,
+        value=np.array(value),
+        condition=np.array(kappa),
+        precision=np.array(0),
+        fast=np.array(False),
+        lazy_exact=lambda: np.array(midpoint(q), dtype=object),
+    )
+    if grad:
+        pshape = case.predictions.shape
+        rows, conds, exacts = [], [], []
+        for _, unit in _units(case, True):
+
+            def scaled(prec: int, unit: Any = unit) -> tuple[Quantity, list[Quantity]]:
+                v, gs = unit(prec)
+                return v, [options.divide(g, d, no_nan, prec) for g in gs]
+
+            _, pairs = enclosure.certify(scaled, case.format)
+            unscaled = enclosure.certify(unit, case.format)
+            rows.append([g for g, _ in pairs])
+            conds.append(unit.condition(unscaled[0][1], [gq for _, gq in unscaled[1]])[1])
+            exacts.append([midpoint(gq) for _, gq in pairs])
+        result.update(
+            gradient=np.array(rows, dtype=np.float64).reshape(pshape),
+            gradient_condition=np.array(conds, dtype=np.float64).reshape(pshape),
+            lazy_gradient_exact=lambda: np.array(exacts, dtype=object).reshape(pshape),
+        )
+    return OracleResult(**result)
+
+
+def _softmax_unit(case: Case, i: int, grad: bool) -> Any:
+    soft = case.loss.labels is not LabelKind.SPARSE
+    x, y = case.predictions[i].astype(np.float64), options.row_targets(case, i)
+    cap, z_loss = case.param("softcap"), case.param("z_loss") or 0.0
+    if cap is not None:
+        return Capped(x, y, grad, soft, cap, z_loss)
+    return Softmax(x, y, grad, soft, z_loss)
+
+
+def _categorical_unit(case: Case, i: int, grad: bool) -> Any:
+    soft = case.loss.labels is not LabelKind.SPARSE
+    return Categorical(case.predictions[i].astype(np.float64), options.row_targets(case, i),
+                       grad, soft)  # fmt: skip
+
+
+def _binary_unit(case: Case, x: float, z: float, grad: bool) -> Any:
+    return Binary(x, options.element_target(case, z))
+
+
+def _sigmoid_unit(case: Case, x: float, z: float, grad: bool) -> Any:
+    q = case.param("pos_weight") if "pos_weight" in case.loss.params else 1.0
+    return Weighted(x, options.element_target(case, z), q, grad)
+
+
+def _focal_unit(case: Case, x: float, z: float, grad: bool) -> Any:
+    return Focal(x, z, case.param("alpha"), case.param("gamma"), grad)
+
+
+# The oracle's formulas, by the name a loss's spec gives (``LossSpec.oracle``): elementwise
+# ones build a unit from (case, x, z, grad), rowwise ones from (case, row, grad).
+ELEMENTWISE = {"binary": _binary_unit, "sigmoid": _sigmoid_unit, "focal": _focal_unit}
+ROWWISE = {"softmax": _softmax_unit, "categorical": _categorical_unit}
+
+
+class _Ignored:
+    """A row whose label is ``ignore_index``: 0, with a zero gradient."""
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+
+    def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
+        return Fraction(0), [Fraction(0)] * self.classes
+
+    def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
+        return 0.0, [0.0] * len(grads)
+
+
 def _units(case: Case, grad: bool, which: np.ndarray | None = None) -> Iterator[tuple[int, Any]]:
     """(index, oracle unit) per output element or row (only those in ``which``, if given),
-    chosen from the catalogue's spec."""
+    built by the formula the loss's spec names."""
     spec = case.loss
     preds = case.predictions.astype(np.float64, copy=False)
     units = preds.shape[0] if spec.rowwise else preds.size
     wanted = np.ones(units, dtype=bool) if which is None else which
     if not spec.rowwise:
+        build = ELEMENTWISE[spec.oracle]
         labels = case.labels.astype(np.float64).ravel()
         flat = preds.ravel()
-        pos_weight = case.params.get("pos_weight")
         for i in np.flatnonzero(wanted).tolist():
-            x, z = float(flat[i]), float(labels[i])
-            if spec.inputs is InputKind.PROBABILITIES:
-                yield i, Binary(x, z)
-            else:
-                yield i, Weighted(x, z, 1.0 if pos_weight is None else pos_weight, grad)
+            yield i, build(case, float(flat[i]), float(labels[i]), grad)
         return
-    soft = spec.labels is not LabelKind.SPARSE
-    row_unit = Softmax if spec.inputs is InputKind.LOGITS else Categorical
+    build = ROWWISE[spec.oracle]
+    skip = options.ignored(case)
     for i in np.flatnonzero(wanted).tolist():
-        if soft:
-            label_row = case.labels[i].astype(np.float64)
-        else:
-            label_row = np.zeros(preds.shape[1])
-            label_row[case.labels[i]] = 1.0
-        yield i, row_unit(preds[i], label_row, grad, soft)
+        yield i, (_Ignored(preds.shape[1]) if skip[i] else build(case, i, grad))

@@ -99,7 +99,7 @@ def bit_pattern_case(loss: str, fmt: Format, rng: np.random.Generator) -> Case:
     else:
         labels = rng.random((rows, cols)) * (rng.random((rows, cols)) < 0.8)
     params = {}
-    if spec.params:  # a positive finite value of the format, any binade
+    if "pos_weight" in spec.params:  # a positive finite value of the format, any binade
         weight = math.exp(rng.uniform(math.log(fmt.smallest_subnormal), math.log(fmt.max)))
         params["pos_weight"] = max(fmt.round(min(weight, fmt.max)), fmt.smallest_subnormal)
     return Case.build(loss, x, labels, format=fmt, regime="bits", **params)

@@ -142,6 +142,32 @@ def div(a: Interval, b: Interval, prec: int) -> Interval:
     return Interval(libmp.mpf_div(a.lo, b.hi, prec, DOWN), libmp.mpf_div(a.hi, b.lo, prec, UP))
 
 
+def smul(a: Interval, b: Interval, prec: int) -> Interval:
+    """Product of two intervals of any sign."""
+    los = [libmp.mpf_mul(x, y, prec, DOWN) for x in a for y in b]
+    his = [libmp.mpf_mul(x, y, prec, UP) for x in a for y in b]
+    return Interval(min(los, key=_key), max(his, key=_key))
+
+
+def sdiv(a: Interval, b: Interval, prec: int) -> Interval:
+    """Quotient of an interval of any sign by a positive one."""
+    los = [libmp.mpf_div(x, y, prec, DOWN) for x in a for y in b]
+    his = [libmp.mpf_div(x, y, prec, UP) for x in a for y in b]
+    return Interval(min(los, key=_key), max(his, key=_key))
+
+
+def square(a: Interval, prec: int) -> Interval:
+    """a**2 for an interval of any sign."""
+    low, high = sorted((libmp.mpf_abs(a.lo), libmp.mpf_abs(a.hi)), key=_key)
+    if libmp.mpf_sign(a.lo) * libmp.mpf_sign(a.hi) < 0:
+        low = ZERO
+    return Interval(libmp.mpf_mul(low, low, prec, DOWN), libmp.mpf_mul(high, high, prec, UP))
+
+
+def _key(x: tuple) -> CTX.mpf:
+    return CTX.make_mpf(x)
+
+
 def interval_sum(terms: Sequence[Interval], prec: int) -> Interval:
     lo, hi = ZERO, ZERO
     for term in terms:
@@ -169,6 +195,34 @@ def log(x: tuple, prec: int) -> Interval:
     """log of an exact positive number (mpmath keeps relative accuracy near 1)."""
     wp = prec + GUARD
     return _widen(libmp.mpf_log(x, wp, DOWN), libmp.mpf_log(x, wp, UP), prec)
+
+
+def exp_of(a: Interval, prec: int) -> Interval:
+    """exp of an interval (exp is increasing)."""
+    return Interval(exp(a.lo, prec).lo, exp(a.hi, prec).hi)
+
+
+def log_of(a: Interval, prec: int) -> Interval:
+    """log of a positive interval."""
+    return Interval(log(a.lo, prec).lo, log(a.hi, prec).hi)
+
+
+def tanh(x: Interval, prec: int) -> Interval:
+    """tanh of an interval (tanh is increasing)."""
+    wp = prec + GUARD
+    lo = _widen(libmp.mpf_tanh(x.lo, wp, DOWN), libmp.mpf_tanh(x.lo, wp, UP), prec).lo
+    hi = _widen(libmp.mpf_tanh(x.hi, wp, DOWN), libmp.mpf_tanh(x.hi, wp, UP), prec).hi
+    return Interval(lo, hi)
+
+
+def sech2(x: Interval, prec: int) -> Interval:
+    """1 / cosh(x)**2 for an interval that does not contain 0 (cosh grows with |x|)."""
+    wp = prec + GUARD
+    near, far = sorted((libmp.mpf_abs(x.lo), libmp.mpf_abs(x.hi)), key=_key)
+    small = _widen(libmp.mpf_cosh(near, wp, DOWN), libmp.mpf_cosh(near, wp, UP), prec).lo
+    big = _widen(libmp.mpf_cosh(far, wp, DOWN), libmp.mpf_cosh(far, wp, UP), prec).hi
+    return Interval(libmp.mpf_div(ONE, libmp.mpf_mul(big, big, prec, UP), prec, DOWN),
+                    libmp.mpf_div(ONE, libmp.mpf_mul(small, small, prec, DOWN), prec, UP))
 
 
 def log1p(s: Interval, prec: int) -> Interval:

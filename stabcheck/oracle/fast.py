@@ -44,7 +44,7 @@ from mpmath import libmp
 
 from stabcheck.case import Case
 from stabcheck.formats import Format
-from stabcheck.losses import InputKind, LabelKind
+from stabcheck.losses import LabelKind
 from stabcheck.oracle import ddmath as dd
 from stabcheck.oracle.ddmath import EPS_EXP, EPS_LOG, EPS_OP
 from stabcheck.oracle.enclosure import CTX
@@ -82,23 +82,26 @@ class Part:
 
 
 def evaluate(case: Case, grad: bool) -> tuple[Part, Part | None]:
-    """The fast path's results for ``case``: (value part, gradient part)."""
+    """The fast path's results for ``case``: (value part, gradient part); parts that decide
+    nothing for a formula it does not cover (``LossSpec.oracle``)."""
     spec, fmt = case.loss, case.format
     x = np.asarray(case.predictions, dtype=np.float64)  # read only
-    logits = spec.inputs is InputKind.LOGITS
-    if not spec.rowwise:
+    formula = spec.oracle
+    if formula in ("binary", "sigmoid"):
         z = case.labels.astype(np.float64)
-        if not logits:
+        if formula == "binary":
             return binary(x, z, fmt, grad)
         return weighted(x, z, case.params.get("pos_weight", 1.0), fmt, grad)
+    if formula not in ("softmax", "categorical"):
+        return nothing(case, grad)
     if spec.labels is LabelKind.SPARSE:
-        if logits:
+        if formula == "softmax":
             return softmax(x, None, fmt, grad, soft=False, sparse=case.labels)
         y = np.zeros_like(x)
         y[np.arange(len(x)), case.labels] = 1.0
         return categorical(x, y, fmt, grad, soft=False)
     y = case.labels.astype(np.float64)
-    if not logits:
+    if formula == "categorical":
         return categorical(x, y, fmt, grad, soft=True)
     return softmax(x, y, fmt, grad, soft=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from mpmath import libmp
@@ -28,23 +29,29 @@ NAN, INF = math.nan, math.inf
 
 
 class Softmax:
-    """L = sum_i y_i (logsumexp(x) - x_i), dL/dx_i = Y p_i - y_i with p = softmax(x).
+    """L = sum_i y_i (logsumexp(x) - x_i) + s logsumexp(x)^2,
+    dL/dx_i = (Y + 2 s lse) p_i - y_i with p = softmax(x), Y = sum y and the z-loss scale s.
 
-    With m = max x at index k, Y = sum y and S = sum_{i != k} exp(x_i - m):
+    ``y`` holds the effective targets as exact rationals (labels smoothed and times class
+    weights; see ``targets``). With m = max x at index k and S = sum_{i != k} exp(x_i - m):
 
-        L = D + Y log1p(S),   D = sum_i y_i (m - x_i)   (exact, non-negative)
+        L = D + Y log1p(S) + s (m + log1p(S))^2,   D = sum_i y_i (m - x_i)   (exact, >= 0)
 
     so a loss of 1e-300 next to a logit of 1e30 stays exact, and no subtraction cancels.
     For the n classes tied at the maximum, with T = sum of exp(x_i - m) over the others,
-    the gradient is (Y/n - y_i) - Y T / (n (n + T)): an exact rational part, then a
-    transcendental one.
-    When every finite logit is tied the softmax is rational (1/n) and so is the gradient.
+    the gradient is (Y/n - y_i) - Y T / (n (n + T)) + 2 s lse / (n + T): an exact rational
+    part, then transcendental ones. When every finite logit is tied the softmax is
+    rational (1/n), and so are the gradient without z-loss and, for n = 1, everything.
+    With z-loss a +inf logit gives +inf (and +inf gradients on the +inf classes).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, grad: bool, soft: bool) -> None:
-        self.x, self.y, self.grad, self.soft = x, y, grad, soft
-        self.labelled = np.flatnonzero(y)
-        self.Y = sum((Fraction(float(v)) for v in y[self.labelled]), Fraction(0))
+    def __init__(self, x: np.ndarray, y: Any, grad: bool, soft: bool,
+                 z_loss: float = 0.0) -> None:  # fmt: skip
+        self.x, self.grad, self.soft = x, grad, soft
+        self.y = [v if isinstance(v, Fraction) else Fraction(float(v)) for v in y]
+        self.s = Fraction(z_loss)
+        self.labelled = np.array([i for i, v in enumerate(self.y) if v], dtype=np.int64)
+        self.Y = sum((self.y[i] for i in self.labelled), Fraction(0))
         finite = ~np.isinf(x)
         self.m = float(np.max(x)) if finite.any() else -INF
         self.ties = np.flatnonzero(x == self.m)
@@ -55,11 +62,16 @@ class Softmax:
     def _special(self) -> tuple[Quantity | None, list[Quantity] | None]:
         """What is decided without enclosures: NaN, infinite logits, zero labels, and
         rows whose softmax is rational. None where an enclosure is needed."""
-        x, C = self.x, len(self.x)
+        x, C, s = self.x, len(self.x), self.s
         zeros: list[Quantity] = [Fraction(0)] * C
         if np.isnan(x).any():
             return NAN, [NAN] * C
         plus = np.flatnonzero(x == INF)
+        if plus.size and s:  # lse = +inf: so is s lse^2, and its slope on the +inf classes
+            grads: list[Quantity] = [-v for v in self.y]
+            for i in plus:
+                grads[i] = INF
+            return INF, grads
         if plus.size:
             if (x[self.labelled] != INF).any():
                 value: Quantity | None = INF
@@ -69,57 +81,60 @@ class Softmax:
                 value = NAN
             if self.Y == 0:
                 return value, zeros
-            grads = self._rational_grads(plus)
+            grads = self._rational_grads(plus, self.Y)
             if plus.size > 1:  # how the +inf classes share the mass has no limit
                 for i in plus:
                     grads[i] = NAN
             return value, grads
-        if self.m == -INF:  # every logit is -inf: no softmax
-            return (Fraction(0), zeros) if self.Y == 0 else (NAN, [NAN] * C)
+        if self.m == -INF:  # every logit is -inf: no softmax (and lse = -inf)
+            return (Fraction(0), zeros) if self.Y == 0 and not s else (NAN, [NAN] * C)
         rational = self.others.size == 0  # every finite logit tied: p = 1/n there
+        lse_exact = rational and self.ties.size == 1  # then lse = m
+        m = Fraction(self.m)
         if np.isneginf(x[self.labelled]).any():
             value = INF
-        elif self.Y == 0:
+        elif self.Y == 0 and not s:
             value = Fraction(0)
-        elif rational and self.ties.size == 1:
-            value = E.to_fraction(self.exact_part())
+        elif lse_exact:
+            value = self.exact_part() + s * m * m
         else:
             value = None
         if not self.grad:
             return value, []
-        if self.Y == 0:
+        if self.Y == 0 and not s:
             return value, zeros
-        return value, (self._rational_grads(self.ties) if rational else None)
+        if rational and (not s or lse_exact):
+            return value, self._rational_grads(self.ties, self.Y + 2 * s * m)
+        return value, None
 
-    def _rational_grads(self, support: np.ndarray) -> list[Quantity]:
-        """Y p_i - y_i when p is uniform on ``support`` and zero elsewhere."""
-        grads: list[Quantity] = [-Fraction(float(v)) for v in self.y]
+    def _rational_grads(self, support: np.ndarray, B: Fraction) -> list[Quantity]:
+        """B p_i - y_i when p is uniform on ``support`` and zero elsewhere."""
+        grads: list[Quantity] = [-v for v in self.y]
         for i in support:
-            grads[i] += self.Y / support.size
+            grads[i] += B / support.size
         return grads
 
-    def exact_part(self) -> tuple:
+    def exact_part(self) -> Fraction:
         """D = sum_i y_i (m - x_i) over the labelled classes, exactly."""
-        m = to_mpf(self.m)
-        return E.exact_sum(
-            [
-                E.exact_mul(to_mpf(self.y[i]), E.exact_sub(m, to_mpf(self.x[i])))
-                for i in self.labelled
-            ]
-        )
+        m = Fraction(self.m)
+        return sum((self.y[i] * (m - Fraction(float(self.x[i]))) for i in self.labelled),
+                   Fraction(0))  # fmt: skip
 
     def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
         if self.fixed_value is not None and self.fixed_grads is not None:
             return self.fixed_value, self.fixed_grads
-        x, y, n = self.x, self.y, self.ties.size
+        x, y, n, s = self.x, self.y, self.ties.size, self.s
         m = to_mpf(self.m)
         exps = {int(i): E.exp(E.exact_sub(to_mpf(x[i]), m), prec) for i in self.others}
         T = E.interval_sum(list(exps.values()), prec)  # the classes below the maximum
-        Yr = E.point(E.to_raw(self.Y))
+        Yr = E.enclose(self.Y, prec)
+        log_sum = E.log1p(E.add(E.point(libmp.from_int(n - 1)), T, prec), prec)  # log(n + T)
+        lse = E.add(E.point(m), log_sum, prec)
         value = self.fixed_value
-        if value is None:  # log1p(S) with S = (n - 1) + T
-            S = E.add(E.point(libmp.from_int(n - 1)), T, prec)
-            value = E.add(E.point(self.exact_part()), E.mul(Yr, E.log1p(S, prec), prec), prec)
+        if value is None:
+            value = E.add(E.enclose(self.exact_part(), prec), E.mul(Yr, log_sum, prec), prec)
+            if s:
+                value = E.add(value, E.mul(E.enclose(s, prec), E.square(lse, prec), prec), prec)
         if self.fixed_grads is not None:
             return value, self.fixed_grads
         denominator = E.add(E.point(libmp.from_int(n)), T, prec)  # n + T
@@ -127,13 +142,17 @@ class Softmax:
         # rational part kept apart so that its zeros and halfway points stay decidable
         tail = E.mul(Yr, E.div(T, E.mul(E.point(libmp.from_int(n)), denominator, prec), prec),
                      prec)  # fmt: skip
-        grads: list[Quantity] = [-Fraction(float(v)) for v in y]  # -inf logits: -y_i
+        slope = E.smul(E.enclose(2 * s, prec), lse, prec)  # 2 s lse, of either sign
+        B = E.add(Yr, slope, prec)
+        grads: list[Quantity] = [-v for v in y]  # -inf logits: -y_i
         for i in self.ties:
-            exact = E.enclose(self.Y / n - Fraction(float(y[i])), prec)
+            exact = E.enclose(self.Y / n - y[i], prec)
             grads[i] = E.sub(exact, tail, prec)
+            if s:
+                grads[i] = E.add(grads[i], E.sdiv(slope, denominator, prec), prec)
         for i, e in exps.items():
-            share = E.mul(Yr, E.div(e, denominator, prec), prec)
-            grads[i] = E.sub(share, E.point(to_mpf(y[i])), prec)
+            share = E.smul(B, E.div(e, denominator, prec), prec)
+            grads[i] = E.sub(share, E.enclose(y[i], prec), prec)
         return value, grads
 
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
@@ -168,7 +187,7 @@ class Softmax:
         p = {i: div(v, norm) for i, v in e.items()}
         tail = div(rest, norm)  # 1 - p_i for the tied classes, without cancellation
         q = {i: tail if self.x[i] == self.m else sub(E.ONE, pi) for i, pi in p.items()}
-        Y, y = E.to_raw(self.Y), [to_mpf(v) for v in self.y]
+        Y, y = _raw(self.Y), [_raw(v) for v in self.y]
         g = {  # Y p_i - y_i, and (Y - y_i) - Y (1 - p_i) for the tied classes
             i: sub(sub(Y, y[i]), mul(Y, q[i])) if self.x[i] == self.m else sub(mul(Y, pi), y[i])
             for i, pi in p.items()
@@ -182,7 +201,7 @@ class Softmax:
         kappas = []
         for i in range(C):
             if i not in p:
-                kappas.append(0.0 if self.y[i] == 0 else NAN)
+                kappas.append(0.0 if not self.y[i] else NAN)
                 continue
             others = (  # sum_{j != i} |x_j| p_j, summed afresh where p_i dominates W
                 total(w for j, w in weights.items() if j != i)
@@ -197,16 +216,128 @@ class Softmax:
         return kappa, kappas
 
 
+class Capped:
+    """Softmax cross-entropy of softcapped logits u_i = c tanh(x_i / c) (with z-loss s):
+
+        L = sum_i y_i (u_k - u_i) + Y log(n + T) + s lse(u)^2,
+        dL/dx_i = ((Y + 2 s lse) p_i - y_i) sech^2(x_i / c)
+
+    with k, n and T as in ``Softmax`` (ties in x are ties in u). Conventions: a -inf logit
+    (a masked or padded lane) stays -inf, carries no probability and gets gradient 0 (loss
+    +inf under a positive target); +inf becomes c; NaN gives NaN. Everything is enclosed
+    in intervals; only u = 0 (x = 0) and u = c (x = +inf) are exact.
+    """
+
+    def __init__(self, x: np.ndarray, y: Any, grad: bool, soft: bool, softcap: float,
+                 z_loss: float = 0.0) -> None:  # fmt: skip
+        self.x, self.grad, self.soft = x, grad, soft
+        self.y = [v if isinstance(v, Fraction) else Fraction(float(v)) for v in y]
+        self.c, self.s = Fraction(softcap), Fraction(z_loss)
+        self.Y = sum(self.y, Fraction(0))
+        self.live = np.flatnonzero(x != -INF)  # lanes with probability
+        if self.live.size:
+            self.m = float(np.max(x[self.live]))
+            self.ties = np.flatnonzero(x == self.m)
+            self.others = np.setdiff1d(self.live, self.ties)
+
+    def _special(self) -> tuple[Quantity, list[Quantity]] | None:
+        C = len(self.x)
+        if np.isnan(self.x).any():
+            return NAN, [NAN] * C
+        if not self.live.size:  # every lane masked: no softmax
+            if self.Y == 0 and not self.s:
+                return Fraction(0), [Fraction(0)] * C
+            return NAN, [NAN] * C
+        return None
+
+    def _u(self, i: int, prec: int) -> E.Interval:
+        x = float(self.x[i])
+        if x == 0 or x == INF:
+            return E.enclose(Fraction(0) if x == 0 else self.c, prec)
+        return E.smul(E.enclose(self.c, prec), E.tanh(E.enclose(Fraction(x) / self.c, prec),
+                                                      prec), prec)  # fmt: skip
+
+    def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
+        special = self._special()
+        if special is not None:
+            return special
+        y, n, s, C = self.y, self.ties.size, self.s, len(self.x)
+        masked_target = any(y[i] for i in np.flatnonzero(self.x == -INF))
+        uk = self._u(int(self.ties[0]), prec)
+        gaps = {int(i): E.sub(uk, self._u(int(i), prec), prec) for i in self.others}  # > 0
+        exps = {i: E.exp_of(E.Interval(libmp.mpf_neg(d.hi), libmp.mpf_neg(d.lo)), prec)
+                for i, d in gaps.items()}  # fmt: skip
+        T = E.interval_sum(list(exps.values()), prec)
+        denominator = E.add(E.point(libmp.from_int(n)), T, prec)  # n + T
+        log_sum = E.log1p(E.add(E.point(libmp.from_int(n - 1)), T, prec), prec)
+        lse = E.add(uk, log_sum, prec)
+        if masked_target:
+            value: Quantity = INF
+        else:
+            D = E.interval_sum([E.mul(E.enclose(y[i], prec), d, prec)
+                                for i, d in gaps.items() if y[i]], prec)  # fmt: skip
+            value = E.add(D, E.mul(E.enclose(self.Y, prec), log_sum, prec), prec)
+            if s:
+                value = E.add(value, E.mul(E.enclose(s, prec), E.square(lse, prec), prec), prec)
+        if not self.grad:
+            return value, []
+        slope = E.smul(E.enclose(2 * s, prec), lse, prec)  # 2 s lse
+        B = E.add(E.enclose(self.Y, prec), slope, prec)
+        # tied classes as in Softmax: (Y/n - y_i) - Y T / (n (n + T)) + 2 s lse / (n + T)
+        tail = E.mul(E.enclose(self.Y, prec),
+                     E.div(T, E.mul(E.point(libmp.from_int(n)), denominator, prec), prec), prec)
+        grads: list[Quantity] = [Fraction(0)] * C  # masked lanes
+        for i in self.live:
+            if i in exps:
+                g: Quantity = E.sub(E.smul(B, E.div(exps[int(i)], denominator, prec), prec),
+                                    E.enclose(y[i], prec), prec)
+            elif not exps and not s:
+                g = self.Y / n - y[i]  # rational: p = 1/n
+            else:
+                g = E.sub(E.enclose(self.Y / n - y[i], prec), tail, prec)
+                g = E.add(g, E.sdiv(slope, denominator, prec), prec) if s else g
+            x = float(self.x[i])
+            if x == INF or (isinstance(g, Fraction) and g == 0):
+                grads[i] = Fraction(0)  # sech^2(inf) = 0
+            elif x == 0:
+                grads[i] = g
+            else:
+                g = E.enclose(g, prec) if isinstance(g, Fraction) else g
+                grads[i] = E.smul(g, E.sech2(E.enclose(Fraction(x) / self.c, prec), prec), prec)
+        return value, grads
+
+    def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
+        """kappa(L) = sum_i |x_i dL/dx_i| / L from the certified gradient (or a 64-bit one);
+        the gradient's condition is not estimated (NaN: measurements allow max_ulps)."""
+        if self._special() is not None or not isinstance(value, E.Interval):
+            return NAN, [NAN] * len(grads)
+        if not grads:
+            copy = Capped(self.x, self.y, True, self.soft, float(self.c), float(self.s))
+            slopes = copy(64)[1]
+        else:
+            slopes = grads
+        total = CTX.fsum(abs(CTX.mpf(float(self.x[i])) * midpoint(g))
+                         for i, g in enumerate(slopes) if np.isfinite(self.x[i]))  # fmt: skip
+        return ratio(total, midpoint(value)), [NAN] * len(grads)
+
+
+def _raw(q: Fraction) -> tuple:
+    """``q`` to 53 bits, as a raw mpmath number."""
+    return libmp.from_rational(q.numerator, q.denominator, 53, libmp.round_nearest)
+
+
 def _approx(op):
     """``op`` at 53 bits, rounded to nearest."""
     return lambda a, b: op(a, b, 53)
 
 
 class Categorical:
-    """L = -sum_i y_i log p_i, a sum of non-negative terms; dL/dp_i = -y_i / p_i."""
+    """L = -sum_i y_i log p_i, a sum of non-negative terms; dL/dp_i = -y_i / p_i, with ``y``
+    the effective targets as exact rationals (see ``Softmax``)."""
 
-    def __init__(self, p: np.ndarray, y: np.ndarray, grad: bool, soft: bool) -> None:
-        self.p, self.y, self.grad, self.soft = p, y, grad, soft
+    def __init__(self, p: np.ndarray, y: Any, grad: bool, soft: bool) -> None:
+        self.p, self.grad, self.soft = p, grad, soft
+        self.y = [v if isinstance(v, Fraction) else Fraction(float(v)) for v in y]
 
     def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
         p, y = self.p, self.y
@@ -218,20 +349,23 @@ class Categorical:
                 if yi == 0:
                     grads.append(Fraction(0))
                 else:
-                    grads.append(-INF if pi == 0 else -Fraction(float(yi)) / Fraction(float(pi)))
+                    grads.append(-INF if pi == 0 else -yi / Fraction(float(pi)))
         terms: list[Interval] = []
-        for i in np.flatnonzero(y):
+        for i, yi in enumerate(y):
+            if not yi:
+                continue
             if p[i] == 0:
                 return INF, grads
             if p[i] != 1:
                 neg_log = E.neg_log(to_mpf(p[i]), prec)
-                terms.append(E.mul(E.point(to_mpf(y[i])), neg_log, prec))
+                terms.append(E.mul(E.enclose(yi, prec), neg_log, prec))
         return (E.interval_sum(terms, prec) if terms else Fraction(0)), grads
 
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
-        labelled = np.flatnonzero(self.y)
+        labelled = [i for i, yi in enumerate(self.y) if yi]
         if np.isnan(self.p).any() or (self.p[labelled] == 0).any():
             return NAN, [NAN] * len(grads)
-        kappa = ratio(CTX.fsum(CTX.mpf(float(self.y[i])) for i in labelled), midpoint(value))
+        Y = sum((self.y[i] for i in labelled), Fraction(0))
+        kappa = ratio(CTX.mpf(Y.numerator) / Y.denominator, midpoint(value)) if Y else 0.0
         per_element = 2.0 if self.soft else 1.0
         return kappa, [per_element if yi else 0.0 for yi in self.y[: len(grads)]]
