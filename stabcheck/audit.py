@@ -300,6 +300,7 @@ def search_worst(
     )
     @given(case_strategy(loss, fmt, regime))
     def probe(case: Case) -> None:
+        assume(impl.takes(case))
         try:
             exact = oracle(case, config.grad, into.oracle_units)
         except PrecisionLimitReached:
@@ -420,7 +421,7 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
         return [impl for impl in impls if fmt not in into.unsupported.get(impl.name, {})]
 
     def measure_case(case: Case, impls: Sequence[Implementation], origin: str) -> None:
-        impls = supported(impls, case.format.name)
+        impls = [impl for impl in supported(impls, case.format.name) if impl.takes(case)]
         if not impls:
             return
         try:
@@ -604,8 +605,9 @@ def _implementations(
         found = []
         for name in config.implementations:
             if ":" in name:
-                description = check_user(name, config.timeout)
-                found.append(user_implementation(name, loss, description=description))
+                description, accepts = check_user(name, config.timeout)
+                found.append(user_implementation(name, loss, description=description,
+                                                 accepts=accepts))  # fmt: skip
             else:
                 found.extend(implementations(names=name, losses=loss))
     chosen = []

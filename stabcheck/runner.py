@@ -33,6 +33,7 @@ from stabcheck.implementations import (
     Implementation,
     backends,
     implementations,
+    keywords,
     resolve_user,
     user_implementation,
 )
@@ -294,16 +295,17 @@ def _peak_memory() -> int:
 _USER_CHECKED: dict[str, str] = {}  # spec -> the first line of its docstring
 
 
-def check_user(spec: str, timeout: float) -> str:
+def check_user(spec: str, timeout: float) -> tuple[str, tuple[str, ...] | None]:
     """Import the user's ``module:function`` in a child process and check that it names a
-    callable; return the first line of its docstring. ``InvalidArgument`` says what went
+    callable; return the first line of its docstring and the keyword arguments it takes
+    (None: any, ``**kwargs``). ``InvalidArgument`` says what went
     wrong: the import raised, exited the process (``sys.exit``, ``os._exit``) or took more
     than ``timeout`` seconds, or the name is not a callable. Checked once per process."""
     if spec in _USER_CHECKED:
         return _USER_CHECKED[spec]
     if not FORK:
         obj = resolve_user(spec)
-        description = _first_line(obj)
+        description = (_first_line(obj), keywords(obj))
     else:
         context = multiprocessing.get_context("fork")
         conn, child = context.Pipe()
@@ -345,7 +347,8 @@ def _import_user(conn: Any, parent_end: Any, spec: str, parent: int) -> None:
     _signals.child_signals()
     output = _Output()
     try:
-        reply = (True, _first_line(resolve_user(spec)))
+        obj = resolve_user(spec)
+        reply = (True, (_first_line(obj), keywords(obj)))
     except InvalidArgument as exc:
         reply = (False, str(exc))
     except SystemExit as exc:

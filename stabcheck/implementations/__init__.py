@@ -11,6 +11,7 @@ only inside ``fn``, so that listing them costs nothing.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,6 +43,13 @@ class Implementation:
     # statuses that are documented behaviour, with the documentation's words, e.g.
     # {"clipped": "clamps log(p) at -100, as documented"}: reported as such, not as bugs
     documented: Mapping[str, str] = field(default_factory=dict)
+    # the loss's options it takes as keyword arguments (see stabcheck.losses.PARAMS); None:
+    # only the loss's required ones. Cases with other options are not given to it.
+    params: tuple[str, ...] | None = None
+
+    def takes(self, case: Any) -> bool:
+        """Whether every option ``case`` sets is one this implementation takes."""
+        return set(case.params) <= set(self.params or ())
 
     @property
     def differentiable(self) -> bool:
@@ -73,6 +81,7 @@ def register(impl: Implementation) -> Implementation:
         impl,
         loss=get_loss(impl.loss).name,
         formats=tuple(get_format(fmt).name for fmt in impl.formats),
+        params=_check_params(impl),
     )
     key = (impl.name, impl.loss)
     if key in _REGISTRY:
@@ -127,19 +136,38 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     """
     obj = resolve_user(spec)
     doc = (getattr(obj, "__doc__", None) or "").strip()
-    return replace(
-        user_implementation(spec, loss, backend, doc.splitlines()[0] if doc else ""), fn=obj
-    )
+    first = doc.splitlines()[0] if doc else ""
+    return replace(user_implementation(spec, loss, backend, first, keywords(obj)), fn=obj)
+
+
+def keywords(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The keyword arguments ``fn`` takes, or None when it takes any (``**kwargs``) or its
+    signature cannot be read."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def user_implementation(
-    spec: str, loss: str, backend: str = "numpy", description: str = ""
+    spec: str,
+    loss: str,
+    backend: str = "numpy",
+    description: str = "",
+    accepts: tuple[str, ...] | None = (),
 ) -> Implementation:
     """``load_user``'s implementation without importing anything here: its ``fn`` imports
     the user's module on its first call, in the process that calls it (an audit's
-    implementation process, where an import that exits or hangs is contained and timed)."""
+    implementation process, where an import that exits or hangs is contained and timed).
+    It takes the loss's required options and those in ``accepts`` (the keyword arguments
+    its signature names; None: all, for ``**kwargs``)."""
     module_name, _ = _parse_user(spec)
     _check_backend(backend)
+    options = tuple(p.name for p in get_loss(loss).param_specs
+                    if p.required or accepts is None or p.name in accepts)  # fmt: skip
     return Implementation(
         name=spec.strip(),
         loss=get_loss(loss).name,
@@ -147,6 +175,7 @@ def user_implementation(
         backend=backend,
         library=module_name.split(".")[0],
         description=description,
+        params=options,
     )
 
 
@@ -211,6 +240,21 @@ def _check_name(name: str) -> str:
         "Valid names: "
         f"{', '.join(valid)}, or a 'module:function' of your own."
     )
+
+
+def _check_params(impl: Implementation) -> tuple[str, ...]:
+    """The options ``impl`` takes: as declared (each one its loss takes), or the loss's
+    required ones."""
+    spec = get_loss(impl.loss)
+    if impl.params is None:
+        return tuple(p.name for p in spec.param_specs if p.required)
+    for name in impl.params:
+        if name not in spec.params:
+            raise InvalidArgument(
+                f"params={impl.params!r} of {impl.name!r}: {spec.name} has no option "
+                f"{name!r}; its options are {', '.join(spec.params)}"
+            )
+    return tuple(impl.params)
 
 
 def _check_backend(backend: str) -> None:

@@ -65,11 +65,18 @@ def call(
     return _CALLS[backend](fn, grad_fn, case, grad)
 
 
+def options(case: Case, array: Callable[[np.ndarray], Any] = np.copy) -> dict[str, Any]:
+    """The case's options as keyword arguments, class weights made arrays by ``array``
+    (each backend's, of the case's format)."""
+    return {name: array(value) if isinstance(value, np.ndarray) else value
+            for name, value in case.params.items()}  # fmt: skip
+
+
 def _numpy(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
-    values = fn(case.predictions.copy(), case.labels.copy(), **case.params)
+    values = fn(case.predictions.copy(), case.labels.copy(), **options(case))
     gradient = None
     if grad and grad_fn is not None:
-        gradient = grad_fn(case.predictions.copy(), case.labels.copy(), **case.params)
+        gradient = grad_fn(case.predictions.copy(), case.labels.copy(), **options(case))
     return Returned(*_back(values), *(_back(gradient) if gradient is not None else (None, None)))
 
 
@@ -91,7 +98,7 @@ def _torch(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Retu
         else torch.from_numpy(_wide(case.labels)).to(dtype)
     )
     x.requires_grad_(grad)
-    out = fn(x, labels, **case.params)
+    out = fn(x, labels, **options(case, lambda a: torch.from_numpy(_wide(a)).to(dtype)))
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"returned {type(out).__name__}; expected a torch.Tensor")
     gradient = None
@@ -114,9 +121,10 @@ def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) ->
         if case.labels.dtype.kind == "i"
         else tf.cast(tf.constant(_wide(case.labels)), dtype)
     )
+    params = options(case, lambda a: tf.cast(tf.constant(_wide(a)), dtype))
     with tf.GradientTape() as tape:
         tape.watch(x)
-        out = fn(x, labels, **case.params)
+        out = fn(x, labels, **params)
         total = tf.reduce_sum(out)
     gradient = tape.gradient(total, x) if grad else None
 
@@ -138,10 +146,11 @@ def _jax(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Return
     with x64(case.format.name == "float64"):
         x = jnp.asarray(case.predictions)
         labels = jnp.asarray(case.labels)
-        out = fn(x, labels, **case.params)
+        params = options(case, jnp.asarray)
+        out = fn(x, labels, **params)
         gradient = None
         if grad:
-            gradient = jax.grad(lambda v: jnp.sum(fn(v, labels, **case.params)))(x)
+            gradient = jax.grad(lambda v: jnp.sum(fn(v, labels, **params)))(x)
 
         def back(t: Any) -> tuple[np.ndarray, str]:
             array = np.asarray(t)

@@ -169,7 +169,7 @@ def moderate(loss, fmt, n=40, c=5):
     else:
         soft = rng.uniform(0, 1, shape)
         labels = np.where(rng.uniform(size=shape) < 0.3, 0.0, soft).astype(dtype)
-    params = {"pos_weight": 2.5} if spec.params else {}
+    params = {"pos_weight": 2.5} if "pos_weight" in spec.params else {}
     return x.astype(dtype), labels, params
 
 
@@ -273,7 +273,7 @@ def extreme(loss, fmt):
         half = [sub, tiny, 0.1, 1, 30, edge - 1, edge + 3, deep, 1e4, big / 2, big]
         xs = [0, *half, *(-v for v in half)]
     x, z = (a.ravel().astype(dtype) for a in np.meshgrid(xs, zs))
-    weights = [sub, tiny, 1e-3, 0.3, 1, 1e3, big] if spec.params else [None]
+    weights = [sub, tiny, 1e-3, 0.3, 1, 1e3, big] if "pos_weight" in spec.params else [None]
     return [(x, z, {} if q is None else {"pos_weight": float(dtype.type(q))}) for q in weights]
 
 
