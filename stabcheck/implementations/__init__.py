@@ -46,10 +46,17 @@ class Implementation:
     # the loss's options it takes as keyword arguments (see stabcheck.losses.PARAMS); None:
     # only the loss's required ones. Cases with other options are not given to it.
     params: tuple[str, ...] | None = None
+    # values of a choice option it takes, where not all, e.g. {"reduction": ("none", "sum")}
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def takes(self, case: Any) -> bool:
-        """Whether every option ``case`` sets is one this implementation takes."""
-        return set(case.params) <= set(self.params or ())
+        """Whether every option ``case`` sets is one this implementation takes, with a value
+        it takes."""
+        return set(case.params) <= set(self.params or ()) and all(
+            case.params[name] in values
+            for name, values in self.choices.items()
+            if name in case.params
+        )
 
     @property
     def differentiable(self) -> bool:
