@@ -290,11 +290,14 @@ def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any], classes: int
             if param.required:
                 raise InvalidArgument(f"{spec.name} needs {param.name}=..., {param.domain}")
             continue
-        out[param.name] = _param(param, value, fmt, classes)
+        out[param.name] = check_param(param, value, fmt, classes)
     return out
 
 
-def _param(param: ParamSpec, value: Any, fmt: Format, classes: int) -> Any:
+def check_param(param: ParamSpec, value: Any, fmt: Format, classes: int) -> Any:
+    """``value`` of option ``param`` checked against its domain (reals cast to ``fmt``,
+    class weights as an array of ``fmt`` of length ``classes``), or ``InvalidArgument``
+    naming the value and the fix."""
     name, fix = param.name, f"it must be {param.domain}"
     if param.kind is ParamKind.CHOICE:
         if value not in param.choices:

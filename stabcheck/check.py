@@ -46,11 +46,18 @@ from typing import Any
 import numpy as np
 
 from stabcheck._validation import integer
-from stabcheck.case import Case
+from stabcheck.case import Case, check_param
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, StabcheckError, did_you_mean
 from stabcheck.formats import get_format
-from stabcheck.implementations import BACKENDS, Implementation, backends, load_user
-from stabcheck.losses import LossSpec, get_loss
+from stabcheck.implementations import (
+    BACKENDS,
+    Implementation,
+    backends,
+    keywords,
+    load_user,
+    options_taken,
+)
+from stabcheck.losses import LossSpec, ParamKind, get_loss, get_param
 from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, OK, SEVERITY, STATUSES
 
 __all__ = [
@@ -393,6 +400,7 @@ def _plan(
             fn=fn,
             backend=backend,
             library=(getattr(fn, "__module__", None) or "user").split(".")[0],
+            params=options_taken(spec.name, keywords(fn)),
         )
     else:
         raise InvalidArgument(
@@ -414,9 +422,13 @@ def _plan(
         documented={s: "allowed by the check" for s in sorted(allowed)},
     )
     fixed = _fixed_params(spec, params)
+    impl = replace(impl, params=tuple(dict.fromkeys((*(impl.params or ()), *fixed))))
+    if "weight" in fixed:
+        max_classes = len(fixed["weight"])  # cases of as many classes as weights
     applicable = regimes_for(spec)
-    if regimes is None:
-        chosen = [r for r in applicable if r != "wide" and not (fixed and r == "pos_weight")]
+    if regimes is None:  # not wide, and not the regime of an option fixed or not taken
+        chosen = [r for r in applicable if r != "wide" and r not in fixed
+                  and (r not in spec.params or r in impl.params)]  # fmt: skip
     elif regimes == "all":
         chosen = list(applicable)
     else:
@@ -462,23 +474,23 @@ def _plan(
     )
 
 
-def _fixed_params(spec: LossSpec, params: Any) -> dict[str, float]:
+def _fixed_params(spec: LossSpec, params: Any) -> dict[str, Any]:
+    """The options ``params`` fixes, each checked against its spec (class weights' length
+    against the cases when they are built)."""
     if params is None:
         return {}
     if not isinstance(params, Mapping):
-        raise InvalidArgument(f"params={params!r} must be a dict such as {{'pos_weight': 2.0}}")
+        raise InvalidArgument(
+            f"params={params!r} must be a dict such as {{'label_smoothing': 0.1}}"
+        )
     out = {}
     for key, value in params.items():
         if key not in spec.params:
             takes = ", ".join(spec.params) or "no parameters"
             raise InvalidArgument(f"params has {key!r}, but {spec.name} takes {takes}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise InvalidArgument(f"params[{key!r}]={value!r} must be a finite positive number")
-        out[key] = number
+        param = get_param(key)
+        classes = len(np.atleast_1d(value)) if param.kind is ParamKind.VECTOR else 1
+        out[key] = check_param(param, value, get_format("float64"), classes)
     return out
 
 
@@ -624,12 +636,16 @@ class _Group:
         strategy = cases(self.plan.spec, self.fmt, self.regime, max_rows=self.plan.max_rows,
                          max_classes=self.plan.max_classes)  # fmt: skip
         if self.plan.params:
-            params = dict(self.plan.params)
-            strategy = strategy.map(
-                lambda c: Case.build(
-                    c.loss, c.predictions, c.labels, format=c.format, regime=c.regime, **params
-                )
-            )
+            fixed = dict(self.plan.params)
+
+            def with_fixed(c: Case) -> Case | None:
+                try:
+                    return Case.build(c.loss, c.predictions, c.labels, format=c.format,
+                                      regime=c.regime, **{**c.params, **fixed})  # fmt: skip
+                except InvalidArgument:  # e.g. fixed class weights for another number of classes
+                    return None
+
+            strategy = strategy.map(with_fixed).filter(lambda c: c is not None)
         return strategy
 
     def _settings(self, database: Any, phases: Iterable[Any]) -> Any:
@@ -784,6 +800,9 @@ class _Group:
         from stabcheck.oracle import evaluate
         from stabcheck.runner import Outcome, invoke
 
+        if not self.plan.impl.takes(case):  # an option the function has no argument for
+            self.cache[case.id] = _REJECTED
+            return _REJECTED
         try:
             exact = evaluate(case, grad=self.plan.grad)
         except PrecisionLimitReached:

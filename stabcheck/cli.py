@@ -18,6 +18,7 @@ from typing import Any
 
 from stabcheck import _signals
 from stabcheck.errors import InvalidArgument, StabcheckError
+from stabcheck.losses import PARAMS, ParamKind
 
 CANNOT_RUN = 2
 EPILOG = ("exit status: 0 done (gate: nothing worse), 1 gate only: worse than the baseline, "
@@ -93,9 +94,16 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of LOSS, --predictions and --labels: a whole case as Case.to_json "
         "writes it (worst.md, a failing check); @FILE reads a file, - stdin",
     )
-    oracle.add_argument(
-        "--pos-weight", type=_number, help="pos_weight of the weighted loss (decimal or hex)"
-    )
+    for param in PARAMS:  # the options of the catalogue, each --name
+        kind = {ParamKind.REAL: _number, ParamKind.VECTOR: _json, ParamKind.INDEX: int}
+        oracle.add_argument(
+            f"--{param.name.replace('_', '-')}",
+            type=kind.get(param.kind),
+            choices=param.choices or None,
+            metavar="JSON" if param.kind is ParamKind.VECTOR else None,
+            help=f"{param.summary}; {param.domain}"
+            + (f" (default {param.default})" if param.default is not None else ""),
+        )
     oracle.add_argument(
         "--format", help="float64 (the default), float32, float16, bfloat16"
     )
@@ -387,8 +395,8 @@ def _oracle(args: argparse.Namespace) -> int:
             f"--digits={args.digits} must be a number of digits from 1 to {MAX_DIGITS}"
         )
     if args.case is not None:
-        given = [name for name in ("loss", "predictions", "labels", "pos_weight")
-                 if getattr(args, name) is not None]  # fmt: skip
+        names = ("loss", "predictions", "labels", *(p.name for p in PARAMS))
+        given = [name for name in names if getattr(args, name) is not None]
         if given:
             raise InvalidArgument(
                 f"--case holds the whole case; drop {given[0].replace('_', '-')} (or --case)"
@@ -402,7 +410,8 @@ def _oracle(args: argparse.Namespace) -> int:
                 option = "LOSS" if name == "loss" else f"--{name}"
                 raise InvalidArgument(f"{option} is missing; give LOSS, --predictions and "
                                       "--labels, or a whole case with --case")  # fmt: skip
-        params = {} if args.pos_weight is None else {"pos_weight": args.pos_weight}
+        params = {p.name: getattr(args, p.name) for p in PARAMS
+                  if getattr(args, p.name) is not None}  # fmt: skip
         case = Case.build(args.loss, args.predictions, args.labels,
                           format=args.format or "float64", **params)  # fmt: skip
     result = evaluate(case, grad=args.grad)

@@ -30,7 +30,16 @@ from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import Format, get_format
-from stabcheck.losses import InputKind, LabelKind, LossSpec, get_loss
+from stabcheck.losses import (
+    PARAMS,
+    InputKind,
+    LabelKind,
+    LossSpec,
+    ParamKind,
+    ParamSpec,
+    get_loss,
+    get_param,
+)
 
 __all__ = [
     "REGIMES",
@@ -46,7 +55,7 @@ __all__ = [
 ]
 
 INF = math.inf
-Arrays = tuple[np.ndarray, np.ndarray, dict[str, float]]  # predictions, labels, params
+Arrays = tuple[np.ndarray, np.ndarray, dict[str, Any]]  # predictions, labels, params
 
 # -- exact values of a format --------------------------------------------------------------
 
@@ -631,8 +640,26 @@ def _fill_pos_weight(draw: Any, c: _Ctx) -> Arrays:
 
 
 def _fill_wide(draw: Any, c: _Ctx) -> Arrays:
-    """One row of 32,768 to 131,072 classes built with numpy from a few drawn parameters."""
+    """One row of 32,768 to 131,072 classes built with numpy from a few drawn parameters;
+    or, on logits, a row of 65,520 or more equal logits (float16's sum of 1s overflows), or
+    one peak at the first, middle or last class with every other logit 17 below it (what a
+    sequential float32 sum keeps depends on where the peak is)."""
     fmt = c.fmt
+    layout = draw(st.sampled_from(("drawn", "equal", "peak"))) if c.logits else "drawn"
+    if layout != "drawn":
+        n = draw(st.integers(65_520, 2**17) if layout == "equal" else st.integers(2**15, 2**17))
+        top = draw(_moderate_logit(fmt))
+        row = np.full(n, top if layout == "equal" else _exact(fmt, top - 17))
+        peak = {"first": 0, "middle": n // 2, "last": n - 1}[
+            draw(st.sampled_from(("first", "middle", "last")))]  # fmt: skip
+        row[peak] = top
+        k = draw(st.sampled_from((peak, (peak + 1) % n)))
+        labels = np.zeros(n)
+        labels[k] = 1.0
+        preds = _array(fmt, row).reshape(1, n)
+        if c.sparse:
+            return preds, np.asarray([k], dtype=np.int64), {}
+        return preds, _array(fmt, labels).reshape(1, n), {}
     n = draw(st.integers(2**15, 2**17))
     n_dom = draw(st.one_of(st.just(1), st.integers(2, 16), st.integers(17, n // 2)))
     n_off = draw(st.one_of(st.just(0), st.integers(1, 64), st.integers(65, n - n_dom - 1)))
@@ -689,6 +716,115 @@ def _fill_wide(draw: Any, c: _Ctx) -> Arrays:
         labels[:] = smoothing / n
         labels[k] += 1.0 - smoothing
     return preds, _array(fmt, labels).reshape(1, n), {}
+
+
+# -- options: one regime per option of the catalogue --------------------------------------------
+
+
+def _token(fmt: Format, token: str) -> float:
+    """A value a ``ParamSpec.draws`` token names, in ``fmt``."""
+    named = {
+        "subnormal": fmt.smallest_subnormal,
+        "tiny": fmt.tiny,
+        "eps": fmt.eps,
+        "1-ulp": 1.0 - fmt.eps / 2,
+        "huge": fmt.max,
+    }
+    return named[token] if token in named else _exact(fmt, float(token))
+
+
+def _real_option(draw: Any, fmt: Format, param: ParamSpec) -> float:
+    """A token of the spec, or a value of the format in its domain (up to 100)."""
+    tokens = [_token(fmt, t) for t in param.draws]
+    low = fmt.smallest_subnormal if param.open_low else max(param.low, 0.0)
+    high = min(param.high, 100.0)
+    return draw(st.one_of(st.sampled_from(tokens), format_values(fmt, low, _exact(fmt, high))))
+
+
+def _class_weights(draw: Any, fmt: Format, classes: int) -> np.ndarray:
+    """Class weights with zeros, subnormals, tiny and huge values among moderate ones."""
+    extreme = (0.0, fmt.smallest_subnormal, fmt.tiny, fmt.max / 4)
+    moderate = st.one_of(st.just(1.0), format_values(fmt, 2.0**-4, 2.0**4))
+    values = draw(st.lists(st.one_of(moderate, st.sampled_from(extreme)),
+                           min_size=classes, max_size=classes))  # fmt: skip
+    return _array(fmt, values)
+
+
+def _ignore(draw: Any, c: _Ctx, preds: np.ndarray, labels: np.ndarray) -> tuple[Any, ...]:
+    """An ignore_index (-100, or class 0), the rows it marks (some, or all) and, now and
+    then, NaN or infinite logits in them (NaN probabilities)."""
+    index = draw(st.sampled_from((-100, 0)))
+    rows = len(labels)
+    marked = np.asarray(draw(st.one_of(st.just([True] * rows),
+                                       st.lists(st.booleans(), min_size=rows, max_size=rows))))
+    labels = np.where(marked, index, labels)
+    junk = [math.nan] if not c.logits else [math.nan, INF, -INF]
+    if draw(st.booleans()) and marked.any():
+        preds = preds.astype(np.float64)
+        for i in np.flatnonzero(marked):
+            preds[i, draw(st.integers(0, preds.shape[1] - 1))] = draw(st.sampled_from(junk))
+        preds = _array(c.fmt, preds)
+    return preds, labels, index
+
+
+# the options drawn with another now and then, as users combine them
+_COMPANIONS = {
+    "weight": {"label_smoothing", "reduction"},
+    "ignore_index": {"reduction"},
+    "reduction": {"ignore_index"},
+    "softcap": {"z_loss"},
+}
+_NOTES = {
+    "reduction": "; batches of up to 128 rows, with ignored rows",
+    "ignore_index": "; some or all rows ignored, holding NaN or infinite logits",
+    "weight": "; with label smoothing and reductions",
+    "softcap": "; with z-loss",
+}
+
+
+def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
+    """The fill of the regime of option ``name``: moderate or saturating inputs (up to 128
+    rows for reductions) and the option drawn as a kernel meets it, now and then with the
+    options users combine it with (``_COMPANIONS``)."""
+
+    def fill(draw: Any, c: _Ctx) -> Arrays:
+        if name == "reduction":
+            c = _Ctx(c.spec, c.fmt, draw(st.sampled_from((c.max_rows, 16, 128))), c.max_classes)
+        base = draw(st.sampled_from((_fill_moderate, _fill_saturating)))
+        preds, labels, params = base(draw, c)
+        options = {name}
+        if draw(st.booleans()):
+            options |= _COMPANIONS.get(name, set())
+        for option in sorted(options & set(c.spec.params)):
+            spec = get_param(option)
+            if spec.kind is ParamKind.INDEX:
+                preds, labels, params[option] = _ignore(draw, c, preds, labels)
+            elif spec.kind is ParamKind.VECTOR:
+                params[option] = _class_weights(draw, c.fmt, preds.shape[-1])
+            elif spec.kind is ParamKind.CHOICE:
+                params[option] = draw(st.sampled_from(spec.draws))
+            else:
+                params[option] = _real_option(draw, c.fmt, spec)
+        return preds, labels, params
+
+    return fill
+
+
+def _option_regimes() -> tuple[Regime, ...]:
+    """A regime per optional parameter that says what strategies draw (``draws``)."""
+    return tuple(
+        Regime(
+            param.name,
+            f"losses with {param.name} ({param.summary}): moderate or saturating inputs with "
+            f"{param.name} drawn from {', '.join(param.draws)} and values of its domain"
+            f"{_NOTES.get(param.name, '')}.",
+            applies=lambda spec, name=param.name: name in spec.params,
+            min_classes=2,
+            fill=_option_fill(param.name),
+        )
+        for param in PARAMS
+        if param.draws and not param.required
+    )
 
 
 # -- the registry --------------------------------------------------------------------------------
@@ -788,6 +924,7 @@ REGIMES: tuple[Regime, ...] = (
         fill=_fill_pos_weight,
     ),
 )
+REGIMES += _option_regimes()
 
 _BY_NAME: dict[str, Regime] = {regime.name: regime for regime in REGIMES}
 

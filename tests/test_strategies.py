@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from stabcheck.case import Case
 from stabcheck.errors import InvalidArgument
 from stabcheck.formats import FORMATS, get_format
-from stabcheck.losses import InputKind, LabelKind, get_loss, loss_names
+from stabcheck.losses import InputKind, LabelKind, ParamKind, get_loss, get_param, loss_names
 from stabcheck.strategies import (
     REGIMES,
     Regime,
@@ -49,7 +49,18 @@ EXPECTED_APPLIES = {
     "soft_labels": NON_SPARSE,
     "wide": ROWWISE,
     "pos_weight": {"weighted_cross_entropy_with_logits"},
+    "label_smoothing": {"binary_crossentropy", "categorical_crossentropy",
+                        "sigmoid_cross_entropy_with_logits", *LOGIT_ROWWISE},
+    "weight": {"categorical_crossentropy", "sparse_categorical_crossentropy", *LOGIT_ROWWISE},
+    "ignore_index": {"sparse_categorical_crossentropy", "sparse_softmax_cross_entropy_with_logits"},
+    "z_loss": LOGIT_ROWWISE,
+    "softcap": LOGIT_ROWWISE,
+    "alpha": {"sigmoid_focal_loss"},
+    "gamma": {"sigmoid_focal_loss"},
+    "reduction": set(loss_names()),
 }
+OPTION_REGIMES = ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "alpha",
+                  "gamma", "reduction")  # fmt: skip
 
 
 def collect(strategy: st.SearchStrategy, n: int) -> list:
@@ -203,25 +214,44 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
     assert (case.loss.name, case.format.name, case.regime) == (loss, fmt_name, regime)
     assert case.predictions.dtype == fmt.dtype
     assert exact(fmt, case.predictions)
-    assert not np.isnan(f64(case.predictions)).any()
+    kept = np.ones(case.predictions.shape[0], dtype=bool)
+    if "ignore_index" in case.params:
+        kept = case.labels != case.params["ignore_index"]
+    assert not np.isnan(f64(case.predictions)[kept]).any()  # NaN only in ignored rows
     if spec.labels is LabelKind.SPARSE:
         assert case.labels.dtype == np.int64
         assert case.labels.shape == case.predictions.shape[:1]
-        assert ((case.labels >= 0) & (case.labels < case.predictions.shape[1])).all()
+        labels = case.labels[kept]
+        assert ((labels >= 0) & (labels < case.predictions.shape[1])).all()
     else:
         assert case.labels.dtype == fmt.dtype and case.labels.shape == case.predictions.shape
         assert exact(fmt, case.labels)
         labels = f64(case.labels)
         assert ((labels >= 0) & (labels <= 1)).all()
     if spec.inputs is InputKind.PROBABILITIES:
-        preds = f64(case.predictions)
+        preds = f64(case.predictions)[kept]
         assert ((preds >= 0) & (preds <= 1)).all()
-    assert set(case.params) == set(spec.params)
-    for value in case.params.values():
-        assert fmt.contains(value) and 0 < value < math.inf
+    required = {p.name for p in spec.param_specs if p.required}
+    assert required <= set(case.params) <= set(spec.params)
+    if regime in OPTION_REGIMES:
+        assert regime in case.params
+    else:
+        assert set(case.params) == required
+    for name, value in case.params.items():
+        param = get_param(name)
+        if param.kind is ParamKind.REAL:
+            assert fmt.contains(value) and param.low <= value <= param.high
+            assert value > param.low or not param.open_low
+        elif param.kind is ParamKind.VECTOR:
+            assert value.dtype == fmt.dtype and value.shape == case.predictions.shape[-1:]
+            assert (f64(value) >= 0).all() and np.isfinite(f64(value)).all()
+        elif param.kind is ParamKind.CHOICE:
+            assert value in param.choices and value != param.default
     if regime == "wide":
         assert case.predictions.shape[0] == 1
         assert 2**15 <= case.predictions.shape[1] <= 2**17
+    elif regime == "reduction":
+        assert case.predictions.shape[0] <= 128 and case.predictions.shape[-1] <= 8
     else:
         assert case.predictions.shape[0] <= 3 and case.predictions.shape[-1] <= 8
     if case.predictions.size <= 64:  # replayable: the JSON gives back the same case
@@ -442,6 +472,24 @@ def check_pos_weight(found, spec, fmt):
     assert any(1 - fmt.eps <= w <= 1 + fmt.eps for w in weights)
 
 
+def check_options(found, spec, fmt) -> None:
+    """Every option's regime draws the values its spec names, not only ordinary ones."""
+    name = found[0].regime
+    values = [case.params[name] for case in found]
+    param = get_param(name)
+    if param.kind is ParamKind.REAL:
+        assert len(set(values)) > 2  # varied
+    if name == "ignore_index":
+        assert any((c.labels == c.params[name]).all() for c in found)  # every row ignored
+        assert any(not np.isfinite(f64(c.predictions)).all() for c in found)  # junk in them
+    if name == "weight":
+        assert any((f64(w) == 0).any() for w in values)
+        assert any((f64(w) >= fmt.max / 8).any() for w in values)
+    if name == "reduction":
+        assert set(values) == {"sum", "mean", "sum_over_batch_size"}
+        assert max(c.predictions.shape[0] for c in found) > 3
+
+
 CHECKS = {
     "moderate": check_moderate,
     "saturating": check_saturating,
@@ -452,6 +500,7 @@ CHECKS = {
     "soft_labels": check_soft_labels,
     "wide": check_wide,
     "pos_weight": check_pos_weight,
+    **dict.fromkeys(OPTION_REGIMES, check_options),
 }
 
 

@@ -147,6 +147,13 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     return replace(user_implementation(spec, loss, backend, first, keywords(obj)), fn=obj)
 
 
+def options_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The options of ``loss`` a function with keyword arguments ``accepts`` takes (None:
+    any); the required ones always (a function without them fails, and says so)."""
+    return tuple(p.name for p in get_loss(loss).param_specs
+                 if p.required or accepts is None or p.name in accepts)  # fmt: skip
+
+
 def keywords(fn: Callable[..., Any]) -> tuple[str, ...] | None:
     """The keyword arguments ``fn`` takes, or None when it takes any (``**kwargs``) or its
     signature cannot be read."""
@@ -173,8 +180,6 @@ def user_implementation(
     its signature names; None: all, for ``**kwargs``)."""
     module_name, _ = _parse_user(spec)
     _check_backend(backend)
-    options = tuple(p.name for p in get_loss(loss).param_specs
-                    if p.required or accepts is None or p.name in accepts)  # fmt: skip
     return Implementation(
         name=spec.strip(),
         loss=get_loss(loss).name,
@@ -182,7 +187,7 @@ def user_implementation(
         backend=backend,
         library=module_name.split(".")[0],
         description=description,
-        params=options,
+        params=options_taken(loss, accepts),
     )
 
 

@@ -6,21 +6,36 @@ hands them tensors of the case's dtype (sparse labels as int64) and differentiat
 summed loss with ``torch.autograd``.
 
 =========================================  ============================================
-name                                       loss: call
+name                                       loss: call (options it takes)
 =========================================  ============================================
 ``torch.cross_entropy``                    sparse_softmax_cross_entropy_with_logits:
-                                           ``F.cross_entropy(x, k, reduction="none")``;
+                                           ``F.cross_entropy(x, k, ...)`` (label_smoothing,
+                                           weight, ignore_index, reduction);
                                            softmax_cross_entropy_with_logits: the same
-                                           with probability targets ``y``
+                                           with probability targets ``y`` (label_smoothing,
+                                           weight, reduction)
 ``torch.nll_loss(log_softmax)``            sparse_softmax_cross_entropy_with_logits:
                                            ``F.nll_loss(F.log_softmax(x, dim=1), k, ...)``
+                                           (weight, ignore_index, reduction)
 ``torch.binary_cross_entropy``             binary_crossentropy:
-                                           ``F.binary_cross_entropy(p, z, ...)``
+                                           ``F.binary_cross_entropy(p, z, ...)`` (reduction)
 ``torch.binary_cross_entropy_with_logits`` sigmoid_cross_entropy_with_logits:
-                                           ``F.binary_cross_entropy_with_logits(x, z, ...)``;
-                                           weighted_cross_entropy_with_logits: the same
-                                           with ``pos_weight`` as a 0-d tensor of x's dtype
+                                           ``F.binary_cross_entropy_with_logits(x, z, ...)``
+                                           (reduction); weighted_cross_entropy_with_logits:
+                                           the same with ``pos_weight`` as a 0-d tensor of
+                                           x's dtype (pos_weight, reduction)
 =========================================  ============================================
+
+Options keep the catalogue's names, which are PyTorch's, and its definitions, which are
+PyTorch's too: weights scale the smoothed targets, ``sum_i w_i t_i (lse(x) - x_i)`` (the
+behaviour PyTorch #104776 questions), and ``mean`` divides by the sum of ``w_k`` over the rows
+not ignored (index targets) or by the number of rows or elements. Absent options take
+PyTorch's defaults (``ignore_index=-100``, no weights, no smoothing) except ``reduction``,
+which is ``"none"`` unless given. PyTorch has no ``sum_over_batch_size``, no smoothing of
+binary targets, no z-loss and no softcap, so cases with those are not given to these
+functions. ``torchvision.ops.sigmoid_focal_loss`` is not adapted: the only torchvision wheel
+for torch 2.13 on the machines' indexes (0.28.0) is a CUDA build whose ``_C.so`` needs
+``libtorch_cuda.so``, and ``import torchvision`` fails beside the CPU torch.
 
 Formats: every function runs forward and backward in float64, float32, float16 and
 bfloat16 on CPU (checked on torch 2.13.0+cpu: none raises "not implemented for 'Half'"
@@ -58,81 +73,117 @@ def _functional() -> Any:
     return require("torch.nn.functional")
 
 
-def cross_entropy(x: Any, labels: Any) -> Any:
-    """``F.cross_entropy(x, labels, reduction="none")``: class indices or probabilities."""
-    return _functional().cross_entropy(x, labels, reduction="none")
+def cross_entropy(
+    x: Any,
+    labels: Any,
+    *,
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "none",
+) -> Any:
+    """``F.cross_entropy(x, labels, weight=w, ignore_index=i, reduction=r,
+    label_smoothing=e)``, class indices or probabilities; the row loss is
+    ``sum_i w_i t_i (lse(x) - x_i)``, ``t = (1 - e) y + e / C``."""
+    return _functional().cross_entropy(
+        x,
+        labels,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
 
 
-def nll_log_softmax(x: Any, k: Any) -> Any:
-    """``F.nll_loss(F.log_softmax(x, dim=1), k, reduction="none")``."""
+def nll_log_softmax(
+    x: Any, k: Any, *, weight: Any = None, ignore_index: int = -100, reduction: str = "none"
+) -> Any:
+    """``F.nll_loss(F.log_softmax(x, dim=1), k, weight=w, ignore_index=i, reduction=r)``:
+    ``w_k (lse(x) - x_k)``."""
     F = _functional()
-    return F.nll_loss(F.log_softmax(x, dim=1), k, reduction="none")
+    return F.nll_loss(
+        F.log_softmax(x, dim=1), k, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
 
 
-def binary_cross_entropy(p: Any, z: Any) -> Any:
-    """``F.binary_cross_entropy(p, z, reduction="none")``."""
-    return _functional().binary_cross_entropy(p, z, reduction="none")
+def binary_cross_entropy(p: Any, z: Any, *, reduction: str = "none") -> Any:
+    """``F.binary_cross_entropy(p, z, reduction=r)``: ``-(z log p + (1 - z) log(1 - p))``."""
+    return _functional().binary_cross_entropy(p, z, reduction=reduction)
 
 
-def binary_cross_entropy_with_logits(x: Any, z: Any) -> Any:
-    """``F.binary_cross_entropy_with_logits(x, z, reduction="none")``."""
-    return _functional().binary_cross_entropy_with_logits(x, z, reduction="none")
+def binary_cross_entropy_with_logits(x: Any, z: Any, *, reduction: str = "none") -> Any:
+    """``F.binary_cross_entropy_with_logits(x, z, reduction=r)``:
+    ``z softplus(-x) + (1 - z) softplus(x)``."""
+    return _functional().binary_cross_entropy_with_logits(x, z, reduction=reduction)
 
 
-def weighted_binary_cross_entropy_with_logits(x: Any, z: Any, pos_weight: float) -> Any:
-    """``F.binary_cross_entropy_with_logits(x, z, reduction="none", pos_weight=q)`` with
-    ``q`` a 0-d tensor of x's dtype (``pos_weight`` is already a value of that format)."""
+def weighted_binary_cross_entropy_with_logits(
+    x: Any, z: Any, pos_weight: float, *, reduction: str = "none"
+) -> Any:
+    """``F.binary_cross_entropy_with_logits(x, z, reduction=r, pos_weight=q)`` with ``q`` a
+    0-d tensor of x's dtype (``pos_weight`` is already a value of that format):
+    ``q z softplus(-x) + (1 - z) softplus(x)``."""
     torch = require("torch")
     q = torch.tensor(pos_weight, dtype=x.dtype)
-    return _functional().binary_cross_entropy_with_logits(x, z, reduction="none", pos_weight=q)
+    return _functional().binary_cross_entropy_with_logits(x, z, reduction=reduction, pos_weight=q)
 
 
-_TABLE: tuple[tuple[str, str, Any, str, dict[str, str]], ...] = (
+# PyTorch's reductions: no sum_over_batch_size (Keras')
+REDUCTIONS = {"reduction": ("none", "sum", "mean")}
+
+_TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] = (
     (
         "torch.cross_entropy",
         "sparse_softmax_cross_entropy_with_logits",
         cross_entropy,
-        'F.cross_entropy(x, k, reduction="none") with class indices',
+        "F.cross_entropy(x, k, weight=w, ignore_index=i, reduction=r, label_smoothing=e) "
+        "with class indices",
         {},
+        ("label_smoothing", "weight", "ignore_index", "reduction"),
     ),
     (
         "torch.cross_entropy",
         "softmax_cross_entropy_with_logits",
         cross_entropy,
-        'F.cross_entropy(x, y, reduction="none") with probability targets',
+        "F.cross_entropy(x, y, weight=w, reduction=r, label_smoothing=e) with probability targets",
         {},
+        ("label_smoothing", "weight", "reduction"),
     ),
     (
         "torch.nll_loss(log_softmax)",
         "sparse_softmax_cross_entropy_with_logits",
         nll_log_softmax,
-        'F.nll_loss(F.log_softmax(x, dim=1), k, reduction="none")',
+        "F.nll_loss(F.log_softmax(x, dim=1), k, weight=w, ignore_index=i, reduction=r)",
         {},
+        ("weight", "ignore_index", "reduction"),
     ),
     (
         "torch.binary_cross_entropy",
         "binary_crossentropy",
         binary_cross_entropy,
-        'F.binary_cross_entropy(p, z, reduction="none")',
+        "F.binary_cross_entropy(p, z, reduction=r)",
         {"clipped": BCE_CLAMP_DOC},
+        ("reduction",),
     ),
     (
         "torch.binary_cross_entropy_with_logits",
         "sigmoid_cross_entropy_with_logits",
         binary_cross_entropy_with_logits,
-        'F.binary_cross_entropy_with_logits(x, z, reduction="none")',
+        "F.binary_cross_entropy_with_logits(x, z, reduction=r)",
         {},
+        ("reduction",),
     ),
     (
         "torch.binary_cross_entropy_with_logits",
         "weighted_cross_entropy_with_logits",
         weighted_binary_cross_entropy_with_logits,
-        'F.binary_cross_entropy_with_logits(x, z, reduction="none", pos_weight=q)',
+        "F.binary_cross_entropy_with_logits(x, z, reduction=r, pos_weight=q)",
         {},
+        ("pos_weight", "reduction"),
     ),
 )
 
-for _name, _loss, _fn, _description, _documented in _TABLE:
+for _name, _loss, _fn, _description, _documented, _params in _TABLE:
     register(
         Implementation(
             name=_name,
@@ -144,5 +195,7 @@ for _name, _loss, _fn, _description, _documented in _TABLE:
             description=_description,
             requires=("torch",),
             documented=_documented,
+            params=_params,
+            choices=REDUCTIONS,
         )
     )

@@ -174,7 +174,7 @@ def decimal(case: Case, digits: int = 30) -> list[str]:
     """The exact loss of each unit to ``digits`` significant decimal digits (the enclosure
     is narrowed until its width is below a unit in the last digit's hundredth)."""
     out = []
-    for _, unit in _units(case, grad=False):
+    for unit in _value_units(case):
         prec = max(64, int(digits * 3.33) + 16)
         while True:
             q, _ = unit(prec)
@@ -215,17 +215,26 @@ def _certify(unit: Any, case: Case) -> tuple[Any, Any, int]:
     return value, grads, used[0]
 
 
-def _reduced(case: Case, grad: bool) -> OracleResult:
-    """A reduced case: the exact sum of its units over ``options.denominator``, rounded
-    once, and each unit's gradient over the same denominator (mpmath units only)."""
-    d, no_nan = options.denominator(case)
+def _value_units(case: Case) -> list[Any]:
+    """What ``decimal`` encloses: each unit's value, or the one reduced value."""
     values = [unit for _, unit in _units(case, False)]
+    if not case.reduced:
+        return values
+    d, no_nan = options.denominator(case)
 
     def reduced(prec: int) -> tuple[Quantity, list[Quantity]]:
         summed = options.total([unit(prec)[0] for unit in values], prec)
         return options.divide(summed, d, no_nan, prec), []
 
-    (value, q), _ = enclosure.certify(reduced, case.format)
+    return [reduced]
+
+
+def _reduced(case: Case, grad: bool) -> OracleResult:
+    """A reduced case: the exact sum of its units over ``options.denominator``, rounded
+    once, and each unit's gradient over the same denominator (mpmath units only)."""
+    d, no_nan = options.denominator(case)
+    values = [unit for _, unit in _units(case, False)]
+    (value, q), _ = enclosure.certify(_value_units(case)[0], case.format)
     kappas, weights = [], []
     for unit in values:
         unit_value, _ = enclosure.certify(unit, case.format)
@@ -244,7 +253,13 @@ def _reduced(case: Case, grad: bool) -> OracleResult:
     if grad:
         pshape = case.predictions.shape
         rows, conds, exacts = [], [], []
-        for _, unit in _units(case, True):
+        skip = options.ignored(case) if case.loss.rowwise else None
+        for i, unit in _units(case, True):
+            if skip is not None and skip[i]:  # an ignored row's zero gradient stays 0
+                rows.append([0.0] * pshape[1])
+                conds.append([0.0] * pshape[1])
+                exacts.append([midpoint(Fraction(0))] * pshape[1])
+                continue
 
             def scaled(prec: int, unit: Any = unit) -> tuple[Quantity, list[Quantity]]:
                 v, gs = unit(prec)

@@ -14,6 +14,7 @@ from stabcheck.formats import Format
 from stabcheck.losses import get_loss
 from stabcheck.oracle import OracleResult, evaluate
 from stabcheck.oracle.fast import FAST_PRECISION
+from stabcheck.oracle.options import FAST_OPTIONS
 
 
 def compare(case: Case, grad: bool = True) -> list[str]:
@@ -64,9 +65,10 @@ def rounding_noise(result: OracleResult) -> np.ndarray:
     """Per row, the error of the softmax units' value condition number: they form
     sum_i |x_i g_i| / L from 53-bit gradients (Y p_i - y_i, rounded towards zero), which
     cancel to noise of up to 2**-50 (Y + y_i) each where the fast path's gradients do not;
-    zero for the other losses."""
+    zero for the other losses and for cases with options the fast path does not take."""
     case = result.case
-    if not case.loss.rowwise or case.loss.inputs.value != "logits":
+    plain = set(case.params) <= FAST_OPTIONS  # else no unit of the fast path to compare
+    if not case.loss.rowwise or case.loss.inputs.value != "logits" or not plain:
         return np.zeros(result.condition.shape)
     x = case.predictions.astype(np.float64)
     if case.loss.labels.value == "sparse":

@@ -101,9 +101,12 @@ class Binary:
 
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
         if math.isnan(self.p) or self.p in (0.0, 1.0):
-            return NAN, [NAN]
+            return NAN, [NAN] * len(grads)
         p, z = CTX.mpf(self.p), _mpf(self.z)
-        value, grad = midpoint(value), midpoint(grads[0])
+        slope = grads[0] if grads else binary_grad(Fraction(self.p), self.z)
+        value, grad = midpoint(value), midpoint(slope)
+        if not grads:
+            return ratio(p * grad, value), []
         grad_num = p * (z / p**2 + (1 - z) / (1 - p) ** 2) + z * (1 / p + 1 / (1 - p))
         return ratio(p * grad, value), [ratio(grad_num, grad)]
 

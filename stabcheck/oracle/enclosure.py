@@ -262,6 +262,8 @@ def round_quantity(q: Quantity, fmt: Format) -> float | None:
         return q
     if isinstance(q, Fraction):
         return fmt.round(q)
+    if q.lo == q.hi:  # only exact operations give a point: the value is exactly that
+        return fmt.round(to_fraction(q.lo))
     low, high = fmt.round(q.lo, +1), fmt.round(q.hi, -1)
     same = low == high and math.copysign(1.0, low) == math.copysign(1.0, high)
     return low if same else None  # equal values, and zeros of the same sign

@@ -5,7 +5,8 @@ Targets are exact rationals: label smoothing ``(1 - e) y + e / C`` (rows) or
 ``(1 - e) z + e / 2`` (elements), then times the class weights. A row whose label is
 ``ignore_index`` is a unit of its own that gives exactly 0, with a zero gradient, whatever
 its logits hold. A reduced loss is the exact sum of the units divided by the reduction's
-denominator, rounded once; its gradient is each unit's gradient divided by it:
+denominator, rounded once; its gradient is each unit's gradient divided by it (an ignored
+row's stays 0, even over a zero denominator, as in PyTorch):
 
 - ``sum``: 1.
 - ``mean`` (PyTorch): for index targets the sum of ``w_k`` over the rows not ignored (0/0 =

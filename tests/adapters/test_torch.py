@@ -42,14 +42,17 @@ SIGMOID = "sigmoid_cross_entropy_with_logits"
 WEIGHTED = "weighted_cross_entropy_with_logits"
 CE, NLL = "torch.cross_entropy", "torch.nll_loss(log_softmax)"
 BCE, BCEWL = "torch.binary_cross_entropy", "torch.binary_cross_entropy_with_logits"
-REGISTERED = (
-    (CE, SPARSE),
-    (CE, SOFTMAX),
-    (NLL, SPARSE),
-    (BCE, BINARY),
-    (BCEWL, SIGMOID),
-    (BCEWL, WEIGHTED),
-)
+# the options each takes (PyTorch's names are the catalogue's; none takes z_loss, softcap or
+# a smoothing of binary targets)
+TAKES = {
+    (CE, SPARSE): ("label_smoothing", "weight", "ignore_index", "reduction"),
+    (CE, SOFTMAX): ("label_smoothing", "weight", "reduction"),
+    (NLL, SPARSE): ("weight", "ignore_index", "reduction"),
+    (BCE, BINARY): ("reduction",),
+    (BCEWL, SIGMOID): ("reduction",),
+    (BCEWL, WEIGHTED): ("pos_weight", "reduction"),
+}
+REGISTERED = tuple(TAKES)
 IDS = [f"{name}-{loss}" for name, loss in REGISTERED]
 
 
@@ -88,6 +91,8 @@ def test_registry_entries():
         assert impl.formats == ("float64", "float32", "float16", "bfloat16")
         assert impl.description.startswith("F.")
         assert impl.fn.__module__ == adapter.__name__
+        assert impl.params == TAKES[impl.name, impl.loss]
+        assert dict(impl.choices) == {"reduction": ("none", "sum", "mean")}
         if impl.name == BCE:
             assert set(impl.documented) == {"clipped"}
             assert ">= -100" in impl.documented["clipped"]
@@ -133,6 +138,81 @@ def test_cross_entropy_and_nll_of_log_softmax_are_the_same_computation():
             b = invoke(get_implementation(NLL, SPARSE), case, grad=True)
             assert np.array_equal(a.values, b.values)
             assert np.array_equal(a.gradient, b.gradient)
+
+
+# -- options ----------------------------------------------------------------------------------
+
+W = [0.5, 2.0, 1.25, 0.75, 3.0]  # class weights for the ordinary cases' 5 classes
+OPTIONS = (
+    (CE, SPARSE, {"label_smoothing": 0.1}),
+    (CE, SPARSE, {"weight": W}),
+    (CE, SPARSE, {"ignore_index": 2}),
+    (CE, SPARSE, {"ignore_index": -100}),  # PyTorch's default, given explicitly
+    (CE, SPARSE, {"reduction": "sum"}),
+    (CE, SPARSE, {"reduction": "mean"}),
+    (CE, SPARSE, {"label_smoothing": 0.1, "weight": W, "ignore_index": 2, "reduction": "mean"}),
+    (CE, SOFTMAX, {"label_smoothing": 0.1}),
+    (CE, SOFTMAX, {"weight": W}),
+    (CE, SOFTMAX, {"reduction": "sum"}),
+    (CE, SOFTMAX, {"label_smoothing": 0.1, "weight": W, "reduction": "mean"}),
+    (NLL, SPARSE, {"weight": W}),
+    (NLL, SPARSE, {"ignore_index": 2}),
+    (NLL, SPARSE, {"reduction": "sum"}),
+    (NLL, SPARSE, {"weight": W, "ignore_index": 2, "reduction": "mean"}),
+    (BCE, BINARY, {"reduction": "sum"}),
+    (BCE, BINARY, {"reduction": "mean"}),
+    (BCEWL, SIGMOID, {"reduction": "sum"}),
+    (BCEWL, SIGMOID, {"reduction": "mean"}),
+    (BCEWL, WEIGHTED, {"reduction": "sum"}),
+    (BCEWL, WEIGHTED, {"reduction": "mean"}),
+)
+OPTION_IDS = [
+    f"{name}-{loss}-" + ",".join(f"{k}={'w' if k == 'weight' else v}" for k, v in params.items())
+    for name, loss, params in OPTIONS
+]
+
+
+def _with_options(case: Case, params: dict) -> Case:
+    """``case`` with ``params`` added; with ``ignore_index``, row 0 gets it as its label, so
+    that a row is ignored (one the adapter would count if it did not pass the option on)."""
+    labels = case.labels.copy()
+    if "ignore_index" in params:
+        labels[0] = params["ignore_index"]
+    return Case.build(
+        case.loss.name, case.predictions, labels, format=case.format.name, **case.params, **params
+    )
+
+
+@pytest.mark.parametrize("fmt", format_names())
+@pytest.mark.parametrize(("name", "loss", "params"), OPTIONS, ids=OPTION_IDS)
+def test_options_agree_with_the_oracle(name, loss, params, fmt):
+    rng = np.random.default_rng(20240611)
+    impl = get_implementation(name, loss)
+    for _ in range(3):
+        case = _with_options(ordinary_case(loss, fmt, rng), params)
+        assert impl.takes(case)
+        outcome = invoke(impl, case, grad=True)
+        exact = evaluate(case, grad=True)
+        assert outcome.note == "" and outcome.values.shape == case.output_shape
+        # measured on torch 2.13.0: at most 2 ULPs in every format, within ORDINARY_ULPS
+        message = beyond(measure(exact, outcome.values), ORDINARY_ULPS, "value", case, ok=True)
+        assert not message, message
+        message = beyond(measure(exact, outcome.gradient, gradient=True), None, "gradient", case)
+        assert not message, message
+
+
+def test_cases_with_options_torch_lacks_are_not_given_to_it():
+    x, k = [[0.5, -0.5, 1.0]], [0]
+    ce, nll = get_implementation(CE, SPARSE), get_implementation(NLL, SPARSE)
+    assert ce.takes(Case.build(SPARSE, x, k, weight=[1.0, 2.0, 3.0], reduction="mean"))
+    assert not ce.takes(Case.build(SPARSE, x, k, reduction="sum_over_batch_size"))
+    assert not ce.takes(Case.build(SPARSE, x, k, z_loss=1e-4))
+    assert not ce.takes(Case.build(SPARSE, x, k, softcap=30.0))
+    assert not nll.takes(Case.build(SPARSE, x, k, label_smoothing=0.1))
+    sigmoid = Case.build(SIGMOID, [0.5], [1.0], label_smoothing=0.1)
+    assert not get_implementation(BCEWL, SIGMOID).takes(sigmoid)
+    binary = Case.build(BINARY, [0.5], [1.0], label_smoothing=0.1)
+    assert not get_implementation(BCE, BINARY).takes(binary)
 
 
 # -- a -inf logit under a zero label: exactly zero gradient ---------------------------------
@@ -348,3 +428,73 @@ def test_softmax_cross_entropy_takes_the_log_of_the_sum():
     # and x_i - max overflows for logits of both signs near the format's maximum
     _, _, soft, _ = run(CE, SOFTMAX, [[-MAX64, MAX64]], [[1 / 3, 2 / 3]])
     assert statuses(soft) == ["overflow"]
+
+
+# -- what the options show ----------------------------------------------------------------------
+
+
+def _values(name: str, loss: str, x, y, fmt: str, **params):
+    """(outcome, oracle result, value rows) without the gradient: wide rows would make
+    thousands of gradient elements to measure."""
+    case = Case.build(loss, x, y, format=fmt, **params)
+    outcome = invoke(get_implementation(name, loss), case, grad=False)
+    exact = evaluate(case)
+    return outcome, exact, measure(exact, outcome.values)
+
+
+def test_float16_label_smoothing_overflows_on_a_wide_row():
+    # the smoothing term e/C sum_i (lse(x) - x_i) sums the C log-probabilities in float16:
+    # about C ln C, past the largest float16 for C >= 7,357 equal logits, so inf; the loss
+    # itself is about ln C
+    x = np.random.default_rng(3).uniform(-2.0, 2.0, (1, 8192))
+    outcome, exact, values = _values(CE, SPARSE, x, [3], "float16", label_smoothing=0.1)
+    assert math.isfinite(exact.value[0]) and outcome.values[0] == INF
+    assert statuses(values) == ["overflow"]
+    assert statuses(_values(CE, SPARSE, x, [3], "float16")[2]) == ["ok"]  # no smoothing
+    wide = _values(CE, SPARSE, x, [3], "float32", label_smoothing=0.1)[2]
+    assert statuses(wide) == ["ok"]
+
+
+@pytest.mark.parametrize("name", [CE, NLL])
+def test_float16_softmax_overflows_from_65520_equal_logits(name):
+    # log_softmax rounds sum_i exp(x_i - max) to float16: C for C equal logits, which is
+    # inf from 65520 (the largest float16, 65504, plus half an ulp) on; the loss is ln C
+    for classes, status in ((65519, "ok"), (65520, "overflow")):
+        _, exact, values = _values(name, SPARSE, np.zeros((1, classes)), [3], "float16")
+        assert math.isfinite(exact.value[0])
+        assert statuses(values) == [status], classes
+
+
+@pytest.mark.parametrize("name", [CE, NLL])
+def test_mean_over_no_rows_is_nan_as_documented(name):
+    # every row ignored: PyTorch's mean is 0/0 = NaN, the oracle's mean too: ok. The gradient
+    # is 0 (no row contributes), where the oracle divides each row's zero gradient by the zero
+    # denominator: NaN, so a number there measures inaccurate
+    x, k = [[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]], [1, 1]
+    outcome, exact, values, gradient = run(name, SPARSE, x, k, ignore_index=1, reduction="mean")
+    assert math.isnan(exact.value) and math.isnan(outcome.values)
+    assert statuses(values) == ["ok"]
+    assert np.isnan(exact.gradient).all() and (outcome.gradient == 0.0).all()
+    assert set(statuses(gradient)) == {"inaccurate"}
+
+
+@pytest.mark.parametrize("fmt", ["float64", "float32"])
+def test_class_weights_scale_the_smoothing_mass_as_the_catalogue_defines(fmt):
+    # PyTorch #104776 (open): with weight and label_smoothing the smoothing term is weighted
+    # too, sum_i w_i t_i (lse(x) - x_i), and the mean divides by sum w_k over the rows: the
+    # catalogue's definition, so the issue's inputs measure ok in both kinds of target
+    w, e = [0.1, 0.9], 0.1
+    for i in (0, 7, 20):
+        x = [[i * 0.05, 1.0 - i * 0.05]]
+        for loss, labels in ((SPARSE, [0]), (SOFTMAX, [[1.0, 0.0]])):
+            _, exact, values, gradient = run(
+                CE, loss, x, labels, fmt, weight=w, label_smoothing=e, reduction="mean"
+            )
+            assert statuses(values) == ["ok"] and set(statuses(gradient)) == {"ok"}
+            # not the loss the issue expects, the smoothing mass unweighted: w_k is a factor
+            # of the one-hot term only
+            ce = np.logaddexp(*x[0]) - np.array(x[0])
+            unweighted = ((1 - e) * w[0] * ce[0] + e / 2 * ce.sum()) / w[0]
+            if loss == SOFTMAX:
+                unweighted *= w[0]
+            assert abs(float(exact.value) - unweighted) > 1e-3

@@ -462,7 +462,13 @@ def _fn(x, k):
         ({"seed": -2}, "seed=-2 must be a non-negative integer"),
         ({"max_ulps": -1}, "max_ulps=-1 must be a non-negative number"),
         ({"allow": {"cliped"}}, "allow='cliped' is not a status. Did you mean 'clipped'?"),
-        ({"params": {"pos_weight": 2.0}}, "params has 'pos_weight', but " + LOSS + " takes no"),
+        ({"params": {"pos_weight": 2.0}},
+         "params has 'pos_weight', but " + LOSS + " takes label_smoothing"),
+        ({"params": {"label_smoothing": 2}},
+         "label_smoothing=2 is not valid; it must be a number in [0, 1]"),
+        ({"params": {"weight": [1.0, -1.0]}}, "weight[1]=-1.0 is not valid"),
+        ({"params": {"reduction": "avg"}}, "reduction='avg' is not valid"),
+        ({"params": {"softcap": 0.0}}, "softcap=0.0 is not valid; it must be a finite positive"),
         ({"fn": 3}, "fn=3 is not callable"),
         ({"fn": "losses_nowhere:f"}, "importing module 'losses_nowhere' failed"),
         ({"settings": {"max_examples": 3}}, "is not a hypothesis.settings"),
@@ -484,6 +490,48 @@ def test_an_uninstalled_backend_names_the_extra(monkeypatch):
 
 
 # -- the engine ---------------------------------------------------------------------------
+
+
+def _smoothed(x, k, label_smoothing=0.0, *, wrong=False):
+    """Sparse softmax cross-entropy with label smoothing in float64 (log-sum-exp shifted by
+    the maximum), rounded once; ``wrong`` spreads the smoothing over C + 1 classes."""
+    z = x.astype(np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    spread = z.shape[1] + (1 if wrong else 0)
+    y = (np.arange(z.shape[1]) == k[:, None]) * (1 - label_smoothing) + label_smoothing / spread
+    return (y * (lse - z)).sum(axis=1).astype(x.dtype)
+
+
+def _wrongly_smoothed(x, k, label_smoothing=0.0):
+    return _smoothed(x, k, label_smoothing, wrong=True)
+
+
+def test_options_the_function_takes_are_drawn_and_a_defect_is_found():
+    """A function whose signature takes label_smoothing gets the label_smoothing regime; the
+    one that spreads the smoothing over C + 1 classes fails there, and only there."""
+    good = check(_smoothed, LOSS, formats="float32", regimes="label_smoothing", examples=20,
+                 seed=0)  # fmt: skip
+    assert good.passed and any("label_smoothing" in c.params for c in good.cases.values())
+    with pytest.raises(StabcheckFailure) as info:
+        check(_wrongly_smoothed, LOSS, formats="float32", regimes=("moderate", "label_smoothing"),
+              examples=20, seed=0)  # fmt: skip
+    failed = info.value.result.failed_groups
+    assert [g.regime for g in failed] == ["label_smoothing"]
+    assert "label_smoothing" in str(info.value)
+
+
+def test_a_function_without_an_option_is_not_given_its_cases():
+    result = check(_fn, LOSS, formats="float32", examples=3, seed=0)
+    assert not set(result.regimes) & {"label_smoothing", "weight", "reduction", "softcap"}
+    assert all(not c.params for c in result.cases.values())
+
+
+def test_fixed_params_are_given_to_every_case():
+    result = check(_smoothed, LOSS, formats="float16", regimes="moderate", examples=5, seed=0,
+                   params={"label_smoothing": 0.25})  # fmt: skip
+    assert result.passed
+    assert {c.params["label_smoothing"] for c in result.cases.values()} == {0.25}
 
 
 def test_defaults_skip_the_wide_regime_and_take_the_settings_examples():
