@@ -775,11 +775,27 @@ _COMPANIONS = {
     "softcap": {"z_loss"},
 }
 _NOTES = {
+    "label_smoothing": "; on logits, also one row of 4,096 to 16,384 classes",
     "reduction": "; batches of up to 128 rows, with ignored rows",
     "ignore_index": "; some or all rows ignored, holding NaN or infinite logits",
     "weight": "; with label smoothing and reductions",
     "softcap": "; with z-loss",
 }
+
+
+def _smoothing_row(draw: Any, c: _Ctx) -> Arrays:
+    """One row of 4,096 to 16,384 equal or moderate logits: smoothing sums -log softmax
+    over every class, which overflows float16 from C = 7,357 when summed in float16."""
+    n = draw(st.integers(4096, 16384))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    spread = draw(st.sampled_from((0.0, 1.0, 4.0)))
+    row = _array(c.fmt, draw(_moderate_logit(c.fmt)) + rng.uniform(-spread, spread, n))
+    k = draw(st.integers(0, n - 1))
+    if c.sparse:
+        return row.reshape(1, n), np.asarray([k], dtype=np.int64), {}
+    labels = np.zeros(n)
+    labels[k] = 1.0
+    return row.reshape(1, n), _array(c.fmt, labels).reshape(1, n), {}
 
 
 def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
@@ -790,8 +806,9 @@ def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
     def fill(draw: Any, c: _Ctx) -> Arrays:
         if name == "reduction":
             c = _Ctx(c.spec, c.fmt, draw(st.sampled_from((c.max_rows, 16, 128))), c.max_classes)
+        wide = name == "label_smoothing" and c.rowwise and c.logits and draw(st.booleans())
         base = draw(st.sampled_from((_fill_moderate, _fill_saturating)))
-        preds, labels, params = base(draw, c)
+        preds, labels, params = _smoothing_row(draw, c) if wide else base(draw, c)
         options = {name}
         if draw(st.booleans()):
             options |= _COMPANIONS.get(name, set())

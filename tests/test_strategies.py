@@ -252,6 +252,8 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
         assert 2**15 <= case.predictions.shape[1] <= 2**17
     elif regime == "reduction":
         assert case.predictions.shape[0] <= 128 and case.predictions.shape[-1] <= 8
+    elif regime == "label_smoothing" and case.predictions.shape[-1] > 8:
+        assert case.predictions.shape[0] == 1 and 4096 <= case.predictions.shape[-1] <= 16384
     else:
         assert case.predictions.shape[0] <= 3 and case.predictions.shape[-1] <= 8
     if case.predictions.size <= 64:  # replayable: the JSON gives back the same case
@@ -485,6 +487,8 @@ def check_options(found, spec, fmt) -> None:
     if name == "weight":
         assert any((f64(w) == 0).any() for w in values)
         assert any((f64(w) >= fmt.max / 8).any() for w in values)
+    if name == "label_smoothing" and spec.rowwise and spec.inputs is InputKind.LOGITS:
+        assert any(c.predictions.shape[-1] >= 4096 for c in found)  # wide rows too
     if name == "reduction":
         assert set(values) == {"sum", "mean", "sum_over_batch_size"}
         assert max(c.predictions.shape[0] for c in found) > 3
