@@ -8,9 +8,26 @@ Registered at import, each importing ``jax`` (and ``optax``) only when called, t
   ``sparse_softmax_cross_entropy_with_logits``;
 - ``optax.safe_softmax_cross_entropy``: ``softmax_cross_entropy_with_logits``;
 - ``optax.sigmoid_binary_cross_entropy``: ``sigmoid_cross_entropy_with_logits``;
+- ``optax.sigmoid_focal_loss``: ``sigmoid_focal_loss``;
 - ``jax.nn.log_softmax``, composed by hand: ``-sum(y * log_softmax(x))`` for
   ``softmax_cross_entropy_with_logits`` and ``-take_along_axis(log_softmax(x), k)`` for
   ``sparse_softmax_cross_entropy_with_logits``.
+
+Options (the catalogue's, ``stabcheck.losses``), each declared in ``params=``:
+
+- ``label_smoothing`` e for ``optax.softmax_cross_entropy`` and
+  ``optax.safe_softmax_cross_entropy``: the labels go through ``optax.smooth_labels(labels,
+  e)`` first, ``(1 - e) y + e / C``, the catalogue's definition. The integer-label function
+  takes no smoothing (smoothing needs the one-hot labels, and ``softmax_cross_entropy`` of
+  smoothed one-hot rows is what the soft-label implementation already audits), and optax has
+  no binary smoothing (``smooth_labels`` of a binary target gives ``e / C``, not ``e / 2``).
+- ``ignore_index`` for ``optax.softmax_cross_entropy_with_integer_labels``: its ``where=``
+  argument (optax 0.2.4 on) excludes the rows whose label is ``ignore_index``; optax returns
+  0 there (``jnp.where(jnp.any(where, axis), out, 0.0)``), with gradient 0 even when their
+  logits are NaN or infinite, and a label out of range (-100) is never read.
+- ``alpha`` and ``gamma`` for ``optax.sigmoid_focal_loss``, by the same names (an absent
+  ``alpha`` is optax's default ``None``, no weighting; ``gamma`` defaults to 2 in both).
+- No ``reduction``: optax's losses return unreduced losses and take no reduction argument.
 
 Every one runs in all four formats on CPU (measured with jax 0.10.2 and optax 0.2.8: each
 returns, and differentiates to, the dtype of its input, bfloat16 included), so they declare
@@ -38,6 +55,11 @@ gives NaN losses and gradients in every softmax form (documented for ``jax.nn.lo
 and ``optax.sigmoid_binary_cross_entropy`` returns NaN for any infinite logit, even with an
 agreeing label (``0 * log_sigmoid(-inf)``), though its gradient there is exactly 0.
 
+``optax.sigmoid_focal_loss`` inherits ``sigmoid_binary_cross_entropy``'s NaN at infinite
+logits and adds its own: measured in float32, a +-inf logit gives a NaN loss under an
+agreeing label (exact: 0) and a NaN gradient under any label (exact: 0 under an agreeing
+label, ``+-a_t`` under a disagreeing one, whose loss is +inf as it should be).
+
 XLA on CPU flushes subnormals to zero in arithmetic (``jnp.float32(1e-39) * 2`` is 0): a
 subnormal label counts as 0 (``optax.sigmoid_binary_cross_entropy`` of ``x = -0x1.fffffep+127``
 with ``z = 0x1.fffffcp-127`` returns 0 where the loss is 4.0) and subnormal results become 0,
@@ -54,30 +76,59 @@ from stabcheck.implementations.backends import require
 SOFTMAX = "softmax_cross_entropy_with_logits"
 SPARSE = "sparse_softmax_cross_entropy_with_logits"
 SIGMOID = "sigmoid_cross_entropy_with_logits"
+FOCAL = "sigmoid_focal_loss"
 
 FORMATS = ("float64", "float32", "float16", "bfloat16")
 X64 = "float64 is audited with jax_enable_x64 on (by default JAX silently computes it in float32)"
 
 
-def optax_softmax_cross_entropy(logits: Any, labels: Any) -> Any:
-    """``optax.softmax_cross_entropy(logits, labels)``: ``-(labels * log_softmax).sum(-1)``."""
-    return require("optax").softmax_cross_entropy(logits, labels)
+def _smoothed(labels: Any, label_smoothing: float | None) -> Any:
+    """``optax.smooth_labels(labels, e)``, ``(1 - e) y + e / C``, when ``e`` is given."""
+    if label_smoothing is None:
+        return labels
+    return require("optax").smooth_labels(labels, label_smoothing)
 
 
-def optax_softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any) -> Any:
-    """``optax.softmax_cross_entropy_with_integer_labels``: ``logsumexp(x) - x_k``."""
-    return require("optax").softmax_cross_entropy_with_integer_labels(logits, labels)
+def optax_softmax_cross_entropy(
+    logits: Any, labels: Any, label_smoothing: float | None = None
+) -> Any:
+    """``optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, e))``:
+    ``-(t * log_softmax(x)).sum(-1)``, ``t = (1 - e) y + e / C`` (``t = y`` without ``e``)."""
+    return require("optax").softmax_cross_entropy(logits, _smoothed(labels, label_smoothing))
 
 
-def optax_safe_softmax_cross_entropy(logits: Any, labels: Any) -> Any:
-    """``optax.safe_softmax_cross_entropy``: zero labels contribute 0 (0 log 0 = 0), with a
-    custom JVP."""
-    return require("optax").safe_softmax_cross_entropy(logits, labels)
+def optax_softmax_cross_entropy_with_integer_labels(
+    logits: Any, labels: Any, ignore_index: int | None = None
+) -> Any:
+    """``optax.softmax_cross_entropy_with_integer_labels(logits, labels, where=labels !=
+    ignore_index)``: ``logsumexp(x) - x_k``, 0 on the rows ``where`` excludes."""
+    optax = require("optax")
+    if ignore_index is None:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    keep = labels != ignore_index
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels, where=keep)
+
+
+def optax_safe_softmax_cross_entropy(
+    logits: Any, labels: Any, label_smoothing: float | None = None
+) -> Any:
+    """``optax.safe_softmax_cross_entropy(logits, optax.smooth_labels(labels, e))``: zero
+    targets contribute 0 (0 log 0 = 0), with a custom JVP."""
+    return require("optax").safe_softmax_cross_entropy(logits, _smoothed(labels, label_smoothing))
 
 
 def optax_sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> Any:
     """``optax.sigmoid_binary_cross_entropy``: ``-z log_sigmoid(x) - (1 - z) log_sigmoid(-x)``."""
     return require("optax").sigmoid_binary_cross_entropy(logits, labels)
+
+
+def optax_sigmoid_focal_loss(
+    logits: Any, labels: Any, alpha: float | None = None, gamma: float = 2.0
+) -> Any:
+    """``optax.sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma)``:
+    ``a_t (1 - p_t)^gamma CE(x, z)``, ``a_t = alpha z + (1 - alpha)(1 - z)`` (1 without
+    ``alpha``)."""
+    return require("optax").sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma)
 
 
 def log_softmax_soft(logits: Any, labels: Any) -> Any:
@@ -105,6 +156,7 @@ def _register(
     library: str,
     description: str,
     documented: dict[str, str] | None = None,
+    params: tuple[str, ...] = (),
 ) -> None:
     requires = ("jax", "optax") if library == "optax" else ("jax",)
     register(
@@ -118,6 +170,7 @@ def _register(
             description=f"{description}; {X64}",
             requires=requires,
             documented=documented or {},
+            params=params,
         )
     )
 
@@ -127,14 +180,18 @@ _register(
     SOFTMAX,
     optax_softmax_cross_entropy,
     "optax",
-    "optax.softmax_cross_entropy(logits, labels): -sum(labels * log_softmax(logits))",
+    "optax.softmax_cross_entropy(logits, labels): -sum(labels * log_softmax(logits)); "
+    "label_smoothing e: labels = optax.smooth_labels(labels, e) first",
+    params=("label_smoothing",),
 )
 _register(
     "optax.softmax_cross_entropy_with_integer_labels",
     SPARSE,
     optax_softmax_cross_entropy_with_integer_labels,
     "optax",
-    "optax.softmax_cross_entropy_with_integer_labels(logits, labels): logsumexp(x) - x_k",
+    "optax.softmax_cross_entropy_with_integer_labels(logits, labels): logsumexp(x) - x_k; "
+    "ignore_index: where=labels != ignore_index",
+    params=("ignore_index",),
 )
 _register(
     "optax.safe_softmax_cross_entropy",
@@ -142,7 +199,8 @@ _register(
     optax_safe_softmax_cross_entropy,
     "optax",
     "optax.safe_softmax_cross_entropy(logits, labels): zero labels give 0 even under -inf "
-    "logits, custom JVP",
+    "logits, custom JVP; label_smoothing e: labels = optax.smooth_labels(labels, e) first",
+    params=("label_smoothing",),
 )
 _register(
     "optax.sigmoid_binary_cross_entropy",
@@ -151,6 +209,15 @@ _register(
     "optax",
     "optax.sigmoid_binary_cross_entropy(logits, labels): "
     "-z log_sigmoid(x) - (1 - z) log_sigmoid(-x)",
+)
+_register(
+    "optax.sigmoid_focal_loss",
+    FOCAL,
+    optax_sigmoid_focal_loss,
+    "optax",
+    "optax.sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma): "
+    "a_t (1 - p_t)^gamma CE(x, z); alpha absent: None (no weighting)",
+    params=("alpha", "gamma"),
 )
 _register(
     "jax.nn.log_softmax",

@@ -24,6 +24,32 @@ that axis is the element's loss itself (on the jax and torch backends Keras comp
 mean in float32 for float64 input, as it does for any mean, so float64 results there carry
 float32 accuracy: a finding of the audit, not of the reshape).
 
+Options (the catalogue's, ``stabcheck.losses``), declared in ``params=`` and ``choices=``:
+
+- ``label_smoothing`` for ``binary_crossentropy`` and ``categorical_crossentropy`` (both
+  ``from_logits``), passed on: Keras smooths to ``(1 - e) z + e / 2`` and ``(1 - e) y +
+  e / C``, the catalogue's definitions (its sparse function has no smoothing);
+- ``ignore_index`` for ``sparse_categorical_crossentropy``, passed on as ``ignore_class``:
+  Keras replaces an ignored row's predictions by 0 before the loss and its loss by 0 after
+  (``ops.where``), so the row gives 0 and gradient 0 whatever it holds, NaN and inf
+  included (measured on all three backends);
+- ``reduction`` ``none``, ``sum`` and ``sum_over_batch_size``, through the Loss classes
+  (``keras.losses.BinaryCrossentropy(reduction=..., from_logits=..., ...)`` and so on),
+  given ``dtype=`` the input's, since by default they compute in ``keras.config.floatx()``
+  (float32) whatever the input. ``sum_over_batch_size`` with ``ignore_class`` weighs each
+  kept row by ``total / valid`` and divides the sum by ``total``: the catalogue's ``sum /
+  valid`` with two more roundings, and 0 when every row is ignored (``divide_no_nan``), as
+  the catalogue defines it. Keras' ``mean`` is the same; PyTorch's ``mean``, the
+  catalogue's, gives NaN there, so ``mean`` is not declared.
+
+What the Loss classes add, measured with Keras 3.15.1: ``Loss.__call__`` converts the
+labels to the loss's dtype, so in bfloat16 an integer label above 256 becomes another class
+(257 is read as 256; float16 is exact up to 2048); and on the torch backend
+``sum_over_batch_size`` returns float32 for float64 input, its ``divide_no_nan`` promoting
+through ``keras.backend.result_type``, which maps 64-bit types to 32-bit ones on every
+backend but tensorflow (the gradient with ``ignore_class`` carries a float32 quotient too;
+jax's ``divide_no_nan`` does not promote).
+
 The Keras backend is chosen once, when ``keras`` is first imported, from the environment
 variable ``KERAS_BACKEND``. Each function sets it just before importing keras (and puts
 the variable back afterwards); if keras is already imported with another backend it raises
@@ -123,50 +149,84 @@ def keras_for(backend: str) -> Any:
     return loaded
 
 
+def loss_class(function: str) -> str:
+    """The name of the Loss class of a Keras loss function: ``binary_crossentropy`` ->
+    ``BinaryCrossentropy``."""
+    return "".join(word.title() for word in function.split("_"))
+
+
+def _reduced(keras: Any, function: str, reduction: str, y: Any, x: Any, **kwargs: Any) -> Any:
+    """``keras.losses.<Class>(reduction=reduction, dtype=<x's dtype>, **kwargs)(y, x)``, the
+    Loss class of ``function``: it reduces, computing in the input's dtype (by default it
+    would compute in ``keras.config.floatx()``, float32)."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    loss = getattr(keras.losses, loss_class(function))
+    return loss(reduction=reduction, dtype=dtype, **kwargs)(y, x)
+
+
 def _binary(backend: str, from_logits: bool) -> Callable[..., Any]:
-    def fn(x: Any, z: Any) -> Any:
+    def fn(x: Any, z: Any, label_smoothing: float = 0.0, reduction: str | None = None) -> Any:
         keras = keras_for(backend)
-        expand = keras.ops.expand_dims
         # each element its own sample: the mean over the new axis of length 1 is the element
-        return keras.losses.binary_crossentropy(
-            expand(z, -1), expand(x, -1), from_logits=from_logits
-        )
+        z, x = keras.ops.expand_dims(z, -1), keras.ops.expand_dims(x, -1)
+        options = {"from_logits": from_logits, "label_smoothing": label_smoothing}
+        if reduction is None:
+            return keras.losses.binary_crossentropy(z, x, **options)
+        return _reduced(keras, "binary_crossentropy", reduction, z, x, **options)
 
     return fn
 
 
 def _categorical(backend: str, from_logits: bool) -> Callable[..., Any]:
-    def fn(x: Any, y: Any) -> Any:
+    def fn(x: Any, y: Any, label_smoothing: float = 0.0, reduction: str | None = None) -> Any:
         keras = keras_for(backend)
-        return keras.losses.categorical_crossentropy(y, x, from_logits=from_logits)
+        options = {"from_logits": from_logits, "label_smoothing": label_smoothing}
+        if reduction is None:
+            return keras.losses.categorical_crossentropy(y, x, **options)
+        return _reduced(keras, "categorical_crossentropy", reduction, y, x, **options)
 
     return fn
 
 
 def _sparse(backend: str, from_logits: bool) -> Callable[..., Any]:
-    def fn(x: Any, k: Any) -> Any:
+    def fn(x: Any, k: Any, ignore_index: int | None = None, reduction: str | None = None) -> Any:
         keras = keras_for(backend)
-        return keras.losses.sparse_categorical_crossentropy(k, x, from_logits=from_logits)
+        options = {"from_logits": from_logits, "ignore_class": ignore_index}
+        if reduction is None:
+            return keras.losses.sparse_categorical_crossentropy(k, x, **options)
+        return _reduced(keras, "sparse_categorical_crossentropy", reduction, k, x, **options)
 
     return fn
 
 
-# (keras function, its factory, the loss with from_logits=False, with from_logits=True)
+# (keras function, its factory, the loss with from_logits=False, with from_logits=True,
+# the catalogue's options it takes)
 FUNCTIONS = (
-    ("binary_crossentropy", _binary, "binary_crossentropy", "sigmoid_cross_entropy_with_logits"),
+    (
+        "binary_crossentropy",
+        _binary,
+        "binary_crossentropy",
+        "sigmoid_cross_entropy_with_logits",
+        ("label_smoothing", "reduction"),
+    ),
     (
         "categorical_crossentropy",
         _categorical,
         "categorical_crossentropy",
         "softmax_cross_entropy_with_logits",
+        ("label_smoothing", "reduction"),
     ),
     (
         "sparse_categorical_crossentropy",
         _sparse,
         "sparse_categorical_crossentropy",
         "sparse_softmax_cross_entropy_with_logits",
+        ("ignore_index", "reduction"),
     ),
 )
+# Keras' reductions that are the catalogue's: its "mean" is sum_over_batch_size again (0,
+# not NaN, when every row is ignored), not PyTorch's
+REDUCTIONS = ("none", "sum", "sum_over_batch_size")
 
 
 def _documented(backend: str, function: str, from_logits: bool) -> dict[str, str]:
@@ -185,7 +245,8 @@ def _register() -> None:
     for backend in KERAS_BACKENDS:
         if not installed(backend):
             continue
-        for function, factory, probability_loss, logit_loss in FUNCTIONS:
+        for function, factory, probability_loss, logit_loss, params in FUNCTIONS:
+            options = "label_smoothing" if "label_smoothing" in params else "ignore_class"
             for loss, from_logits in ((probability_loss, False), (logit_loss, True)):
                 register(
                     Implementation(
@@ -199,9 +260,13 @@ def _register() -> None:
                             f"keras.losses.{function}(labels, predictions, "
                             f"from_logits={from_logits}) on the {backend} backend"
                             + (", each element a sample" if function.startswith("b") else "")
+                            + f"; {options} passed on; a reduction through keras.losses."
+                            f"{loss_class(function)}(reduction=..., dtype=<the input's>)"
                         ),
                         requires=("keras", backend),
                         documented=_documented(backend, function, from_logits),
+                        params=params,
+                        choices={"reduction": REDUCTIONS},
                     )
                 )
 

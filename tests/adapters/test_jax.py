@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -31,9 +32,11 @@ from stabcheck.measure import HARD_FAILURES, measure
 from stabcheck.oracle import evaluate
 
 SOFTMAX, SPARSE, SIGMOID = adapters.SOFTMAX, adapters.SPARSE, adapters.SIGMOID
+FOCAL = adapters.FOCAL
 PLAIN, SAFE = "optax.softmax_cross_entropy", "optax.safe_softmax_cross_entropy"
 INTEGER = "optax.softmax_cross_entropy_with_integer_labels"
 SIGMOID_BCE, LOG_SOFTMAX = "optax.sigmoid_binary_cross_entropy", "jax.nn.log_softmax"
+FOCAL_LOSS = "optax.sigmoid_focal_loss"
 MAPPING = [
     (PLAIN, SOFTMAX),
     (INTEGER, SPARSE),
@@ -63,6 +66,14 @@ PLUS_INF_SOFT = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0
 PLUS_INF_SPARSE = [0, 1, 3]
 INF_ELEMENTS = [[inf, -inf, 2.0], [-inf, inf, 0.25]]
 INF_TARGETS = [[1.0, 0.0, 0.25], [0.0, 1.0, 0.5]]
+nan = math.nan
+# ignored rows (label -100), one holding NaN logits and one infinite ones
+IGNORED_LABELS = [0, -100, 1]
+IGNORED_BAD = [[0.5, -1.25, 2.0, 0.0], [nan, nan, nan, nan], [inf, -inf, nan, 1.0]]
+IGNORED_BAD_LABELS = [2, -100, -100]
+# infinite logits under the focal loss: agreeing labels (then disagreeing ones) in row 0
+FOCAL_INF = [[inf, -inf, inf], [-inf, 2.0, 0.5]]
+FOCAL_INF_TARGETS = [[1.0, 0.0, 0.0], [1.0, 0.25, 1.0]]
 
 
 def ordinary(loss: str, fmt: str) -> Case:
@@ -82,15 +93,82 @@ def infinite(loss: str, fmt: str) -> Case:
     return Case.build(loss, PLUS_INF, labels, format=fmt)
 
 
-BUILD = {"ordinary": ordinary, "masked": masked, "infinite": infinite}
+def _option_builder(labels: list | None, **params) -> Callable[[str, str], Case]:
+    """A builder of ordinary cases with options: rows of ``LOGITS`` (elements of
+    ``ELEMENTS`` for the focal loss) with ``labels`` (None: the ordinary ones)."""
+
+    def build(loss: str, fmt: str) -> Case:
+        if loss == FOCAL:
+            return Case.build(loss, ELEMENTS, TARGETS, format=fmt, **params)
+        y = labels if labels is not None else SPARSE_LABELS if loss == SPARSE else SOFT
+        return Case.build(loss, LOGITS, y, format=fmt, **params)
+
+    return build
+
+
+def ignored_bad(loss: str, fmt: str) -> Case:
+    """Ignored rows holding NaN and infinite logits."""
+    return Case.build(loss, IGNORED_BAD, IGNORED_BAD_LABELS, format=fmt, ignore_index=-100)
+
+
+OPTION_BUILD = {
+    "smoothed": _option_builder(None, label_smoothing=0.1),
+    "smoothed_fully": _option_builder(None, label_smoothing=1.0),
+    "ignored": _option_builder(IGNORED_LABELS, ignore_index=-100),
+    "ignored_class_0": _option_builder([0, 2, 0], ignore_index=0),
+    "focal": _option_builder(None),
+    "focal_alpha": _option_builder(None, alpha=0.25),
+    "focal_gamma": _option_builder(None, alpha=0.75, gamma=0.5),
+    "focal_gamma_0": _option_builder(None, gamma=0.0),
+}
+# every option an optax adapter declares, on ordinary inputs: (name, loss, kind)
+OPTIONS = [
+    (PLAIN, SOFTMAX, "smoothed"),
+    (PLAIN, SOFTMAX, "smoothed_fully"),
+    (SAFE, SOFTMAX, "smoothed"),
+    (INTEGER, SPARSE, "ignored"),
+    (INTEGER, SPARSE, "ignored_class_0"),
+    (FOCAL_LOSS, FOCAL, "focal"),
+    (FOCAL_LOSS, FOCAL, "focal_alpha"),
+    (FOCAL_LOSS, FOCAL, "focal_gamma"),
+    (FOCAL_LOSS, FOCAL, "focal_gamma_0"),
+]
+# in float16 and bfloat16 (compiling each is slow): one kind for each implementation
+HALF_OPTIONS = [
+    (PLAIN, SOFTMAX, "smoothed"),
+    (SAFE, SOFTMAX, "smoothed"),
+    (INTEGER, SPARSE, "ignored"),
+    (FOCAL_LOSS, FOCAL, "focal_alpha"),
+]
+# rows ignored whatever they hold (float32 and float64)
+IGNORING = {
+    "all_ignored": _option_builder([-100, -100, -100], ignore_index=-100),
+    "ignored_bad": ignored_bad,
+}
+
+
+def focal_infinite(loss: str, fmt: str) -> Case:
+    return Case.build(loss, FOCAL_INF, FOCAL_INF_TARGETS, format=fmt, alpha=0.25)
+
+
+# float32 and float64 only
+SPECIAL = [(INTEGER, SPARSE, kind) for kind in IGNORING] + [(FOCAL_LOSS, FOCAL, "focal_infinite")]
+BUILD = {"ordinary": ordinary, "masked": masked, "infinite": infinite, **OPTION_BUILD, **IGNORING}
+BUILD["focal_infinite"] = focal_infinite
 GROUPS = (("float32", "float64"), ("float16", "bfloat16"))
 REQUESTS = [
     (name, loss, kind, fmt)
     for formats in GROUPS
     for fmt in formats
     for name, loss in MAPPING
-    for kind in BUILD
+    for kind in ("ordinary", "masked", "infinite")
     if kind == "ordinary" or fmt in ("float32", "float64")
+] + [
+    (name, loss, kind, fmt)
+    for formats in GROUPS
+    for fmt in formats
+    for name, loss, kind in OPTIONS + SPECIAL
+    if fmt in ("float32", "float64") or (name, loss, kind) in HALF_OPTIONS
 ]
 
 SCRIPT = """
@@ -218,6 +296,83 @@ def test_the_half_formats_declared_work(returned, name, loss, fmt):
     message = beyond(measure(exact, values), None, "value", case)
     message += beyond(measure(exact, gradient, gradient=True), None, "gradient", case)
     assert not message, f"{name}: {message}"
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+def test_the_options_each_adapter_takes_are_declared():
+    declared = {(impl.name, impl.loss): impl.params for impl in implementations(names=NAMES)}
+    assert declared == {
+        (PLAIN, SOFTMAX): ("label_smoothing",),
+        (INTEGER, SPARSE): ("ignore_index",),
+        (SAFE, SOFTMAX): ("label_smoothing",),
+        (SIGMOID_BCE, SIGMOID): (),
+        (LOG_SOFTMAX, SOFTMAX): (),
+        (LOG_SOFTMAX, SPARSE): (),
+    }
+    focal = get_implementation(FOCAL_LOSS, FOCAL)
+    assert (focal.params, focal.backend, focal.requires) == (
+        ("alpha", "gamma"),
+        "jax",
+        ("jax", "optax"),
+    )
+    # optax has no reduction argument: no optax or jax implementation takes one
+    assert all(
+        impl.choices == {} and "reduction" not in impl.params
+        for impl in implementations(names=[*NAMES, FOCAL_LOSS])
+    )
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float64"])
+@pytest.mark.parametrize(("name", "loss", "kind"), OPTIONS)
+def test_options_agree_with_the_oracle_on_ordinary_inputs(returned, name, loss, kind, fmt):
+    case, values, gradient, note = returned[name, loss, kind, fmt]
+    assert note == ""
+    exact = evaluate(case, grad=True)
+    # the allowances of the plain losses: 4 ULPs and ok for values, 16 ULPs and ok for
+    # gradients; smoothed targets sit closer to softmax(x), so p_i - t_i cancels more and
+    # their gradients are held to ok alone (measured: up to 25 ULPs in float32, 18 in float64)
+    message = beyond(measure(exact, values), 4, "value", case, ok=True)
+    most = None if kind.startswith("smoothed") else 16
+    message += beyond(measure(exact, gradient, gradient=True), most, "gradient", case, ok=True)
+    assert not message, f"{name} {kind}: {message}"
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("name", "loss", "kind"), HALF_OPTIONS)
+def test_options_in_the_half_formats(returned, name, loss, kind, fmt):
+    case, values, gradient, note = returned[name, loss, kind, fmt]
+    assert note == ""
+    exact = evaluate(case, grad=True)
+    message = beyond(measure(exact, values), None, "value", case)
+    message += beyond(measure(exact, gradient, gradient=True), None, "gradient", case)
+    assert not message, f"{name} {kind}: {message}"
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float64"])
+def test_ignored_rows_give_zero_and_zero_gradient_whatever_they_hold(returned, fmt):
+    # optax's where= excludes the rows: 0 there (as the oracle), gradient 0 even for NaN
+    # and infinite logits (their logsumexp is taken over no element, then discarded)
+    case, values, gradient, _ = returned[INTEGER, SPARSE, "ignored_bad", fmt]
+    assert values[1:].tolist() == [0.0, 0.0] and (gradient[1:] == 0).all(), (values, gradient)
+    assert _statuses(case, values, gradient) == (["ok"] * 3, ["ok"] * 12)
+    case, values, gradient, _ = returned[INTEGER, SPARSE, "all_ignored", fmt]
+    assert values.tolist() == [0.0] * 3 and (gradient == 0).all()
+    assert _statuses(case, values, gradient) == (["ok"] * 3, ["ok"] * 12)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float64"])
+def test_the_focal_loss_gives_nan_at_infinite_logits(returned, fmt):
+    # optax.sigmoid_focal_loss at +-inf: under an agreeing label the loss is NaN (exact 0;
+    # sigmoid_binary_cross_entropy's 0 * log_sigmoid(-inf)), under a disagreeing one +inf
+    # (right); the gradient is NaN at every infinite logit (exact: 0, or -+a_t)
+    case, values, gradient, _ = returned[FOCAL_LOSS, FOCAL, "focal_infinite", fmt]
+    value_statuses, gradient_statuses = _statuses(case, values, gradient)
+    assert value_statuses == ["nan", "nan", "ok", "ok", "ok", "ok"]
+    assert gradient_statuses == ["nan", "nan", "nan", "nan", "ok", "ok"]
+    exact = evaluate(case, grad=True)
+    assert exact.gradient.ravel()[:4].tolist() == [0.0, 0.0, 0.75, -0.25]
 
 
 # -- masked classes: -inf logits under zero labels ----------------------------------------

@@ -5,6 +5,7 @@ with the inputs that show it, so that a TensorFlow upgrade that changes it shows
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -62,6 +63,21 @@ def test_registration():
         assert impl.available
         assert impl.description.startswith(f"tf.nn.{loss}(")
     assert [i.loss for i in implementations(names=NAMES)] == list(LOSSES)
+
+
+def test_only_pos_weight_is_declared():
+    # tf.nn takes none of the catalogue's other options (label smoothing, class weights,
+    # ignored labels and reductions live in Keras): checked on the signatures themselves
+    for loss in LOSSES:
+        impl = get_implementation(f"tf.nn.{loss}", loss)
+        assert impl.params == (("pos_weight",) if loss == WEIGHTED else ())
+        assert impl.choices == {}
+        taken = set(inspect.signature(getattr(tf.nn, loss)).parameters)
+        assert taken <= {"labels", "logits", "axis", "name", "pos_weight"}, (loss, taken)
+    smoothed = Case.build(SIGMOID, [0.5], [1.0], label_smoothing=0.1)
+    reduced = Case.build(WEIGHTED, [0.5], [1.0], pos_weight=2.0, reduction="sum")
+    assert not get_implementation(f"tf.nn.{SIGMOID}", SIGMOID).takes(smoothed)
+    assert not get_implementation(f"tf.nn.{WEIGHTED}", WEIGHTED).takes(reduced)
 
 
 @pytest.mark.parametrize("fmt", ["float64", "float32"])
