@@ -269,6 +269,17 @@ def round_quantity(q: Quantity, fmt: Format) -> float | None:
     return low if same else None  # equal values, and zeros of the same sign
 
 
+def _unsigned_zero(q: Quantity, fmt: Format) -> bool:
+    """Whether ``q`` encloses only values that round to zero in ``fmt`` (below half its
+    smallest subnormal): at ``MAX_PRECISION`` such a value, whose sign the enclosure still
+    does not show, is reported as +0 (measurements count the two zeros alike). Softcapped
+    logits near the cap differ by less than 2**-65536 and give such gradients."""
+    if not isinstance(q, Interval):
+        return False
+    half = libmp.from_float(fmt.smallest_subnormal / 2)
+    return libmp.mpf_gt(q.lo, libmp.mpf_neg(half)) and libmp.mpf_lt(q.hi, half)
+
+
 Evaluate = Callable[[int], tuple[Quantity, list[Quantity]]]
 
 
@@ -291,6 +302,10 @@ def certify(
                 rounded = round_quantity(q, fmt)
                 if rounded is not None:
                     done[i] = (rounded, q)
+        if prec >= MAX_PRECISION:  # last resort: values that round to a zero of either sign
+            for i, q in enumerate(quantities):
+                if i not in done and _unsigned_zero(q, fmt):
+                    done[i] = (0.0, q)
         if len(done) == len(quantities):
             return done[0], [done[i] for i in range(1, len(quantities))]
         if prec >= MAX_PRECISION:
