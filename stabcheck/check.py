@@ -51,6 +51,7 @@ from stabcheck.errors import AdapterUnavailable, InvalidArgument, StabcheckError
 from stabcheck.formats import get_format
 from stabcheck.implementations import (
     BACKENDS,
+    USER_CHOICES,
     Implementation,
     backends,
     keywords,
@@ -401,6 +402,7 @@ def _plan(
             backend=backend,
             library=(getattr(fn, "__module__", None) or "user").split(".")[0],
             params=options_taken(spec.name, keywords(fn)),
+            choices=USER_CHOICES,
         )
     else:
         raise InvalidArgument(
@@ -422,7 +424,11 @@ def _plan(
         documented={s: "allowed by the check" for s in sorted(allowed)},
     )
     fixed = _fixed_params(spec, params)
-    impl = replace(impl, params=tuple(dict.fromkeys((*(impl.params or ()), *fixed))))
+    impl = replace(  # what the caller fixes, the function takes
+        impl,
+        params=tuple(dict.fromkeys((*(impl.params or ()), *fixed))),
+        choices={k: (*v, fixed[k]) if k in fixed else v for k, v in impl.choices.items()},
+    )
     if "weight" in fixed:
         max_classes = len(fixed["weight"])  # cases of as many classes as weights
     applicable = regimes_for(spec)

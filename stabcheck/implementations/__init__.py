@@ -147,6 +147,11 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     return replace(user_implementation(spec, loss, backend, first, keywords(obj)), fn=obj)
 
 
+# A user's function is given PyTorch's reductions, the names most functions take; Keras'
+# sum_over_batch_size only goes to implementations that declare it.
+USER_CHOICES: Mapping[str, tuple[str, ...]] = {"reduction": ("none", "sum", "mean")}
+
+
 def options_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]:
     """The options of ``loss`` a function with keyword arguments ``accepts`` takes (None:
     any); the required ones always (a function without them fails, and says so)."""
@@ -188,6 +193,7 @@ def user_implementation(
         library=module_name.split(".")[0],
         description=description,
         params=options_taken(loss, accepts),
+        choices=USER_CHOICES,
     )
 
 
