@@ -285,6 +285,7 @@ def search_worst(
     counts the oracle's results by path and notes a format the library turns down."""
     from hypothesis import HealthCheck, Phase, assume, given, settings, target
     from hypothesis import seed as fixed_seed
+    from hypothesis.errors import Unsatisfiable
 
     loss, fmt, regime = group
     best: list[Any] = [-1.0, None, None]
@@ -316,7 +317,10 @@ def search_worst(
             best[:] = [score, case, rows]
 
     with independent_of_imports():
-        probe()
+        try:
+            probe()
+        except Unsatisfiable:  # no case the implementation takes, or the oracle decides
+            pass
     return None if best[1] is None else (best[1], best[2])
 
 
@@ -399,6 +403,8 @@ def _tasks(
     tasks = []
     for loss, fmt, regime in _groups(config) if draw else ():
         impls = _implementations(config, loss, fmt, result)
+        if regime in get_loss(loss).params:  # an option's regime: for those that take it
+            impls = [impl for impl in impls if regime in (impl.params or ())]
         if impls:
             tasks.append(_Task(f"{loss} {fmt} {regime}", tuple(impls), (loss, fmt, regime)))
     selected = []

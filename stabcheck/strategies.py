@@ -643,10 +643,15 @@ def _fill_wide(draw: Any, c: _Ctx) -> Arrays:
     """One row of 32,768 to 131,072 classes built with numpy from a few drawn parameters;
     or, on logits, a row of 65,520 or more equal logits (float16's sum of 1s overflows), or
     one peak at the first, middle or last class with every other logit 17 below it (what a
-    sequential float32 sum keeps depends on where the peak is)."""
+    sequential float32 sum keeps depends on where the peak is); these two now and then
+    with label smoothing, which sums -log softmax over every class (PyTorch's float16
+    smoothing overflows from C = 7,357)."""
     fmt = c.fmt
     layout = draw(st.sampled_from(("drawn", "equal", "peak"))) if c.logits else "drawn"
     if layout != "drawn":
+        smoothing = {}
+        if "label_smoothing" in c.spec.params and draw(st.booleans()):
+            smoothing = {"label_smoothing": _real_option(draw, fmt, get_param("label_smoothing"))}
         n = draw(st.integers(65_520, 2**17) if layout == "equal" else st.integers(2**15, 2**17))
         top = draw(_moderate_logit(fmt))
         row = np.full(n, top if layout == "equal" else _exact(fmt, top - 17))
@@ -658,8 +663,8 @@ def _fill_wide(draw: Any, c: _Ctx) -> Arrays:
         labels[k] = 1.0
         preds = _array(fmt, row).reshape(1, n)
         if c.sparse:
-            return preds, np.asarray([k], dtype=np.int64), {}
-        return preds, _array(fmt, labels).reshape(1, n), {}
+            return preds, np.asarray([k], dtype=np.int64), smoothing
+        return preds, _array(fmt, labels).reshape(1, n), smoothing
     n = draw(st.integers(2**15, 2**17))
     n_dom = draw(st.one_of(st.just(1), st.integers(2, 16), st.integers(17, n // 2)))
     n_off = draw(st.one_of(st.just(0), st.integers(1, 64), st.integers(65, n - n_dom - 1)))
@@ -775,7 +780,7 @@ _COMPANIONS = {
     "softcap": {"z_loss"},
 }
 _NOTES = {
-    "label_smoothing": "; on logits, also one row of 4,096 to 16,384 classes",
+    "label_smoothing": "; on logits, now and then one row of 7,357 to 8,192 classes",
     "reduction": "; batches of up to 128 rows, with ignored rows",
     "ignore_index": "; some or all rows ignored, holding NaN or infinite logits",
     "weight": "; with label smoothing and reductions",
@@ -784,9 +789,9 @@ _NOTES = {
 
 
 def _smoothing_row(draw: Any, c: _Ctx) -> Arrays:
-    """One row of 4,096 to 16,384 equal or moderate logits: smoothing sums -log softmax
-    over every class, which overflows float16 from C = 7,357 when summed in float16."""
-    n = draw(st.integers(4096, 16384))
+    """One row of 7,357 to 8,192 equal or moderate logits: smoothing sums -log softmax over
+    every class, which overflows float16 from C = 7,357 when summed in float16."""
+    n = draw(st.integers(7357, 8192))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     spread = draw(st.sampled_from((0.0, 1.0, 4.0)))
     row = _array(c.fmt, draw(_moderate_logit(c.fmt)) + rng.uniform(-spread, spread, n))
@@ -806,8 +811,8 @@ def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
     def fill(draw: Any, c: _Ctx) -> Arrays:
         if name == "reduction":
             c = _Ctx(c.spec, c.fmt, draw(st.sampled_from((c.max_rows, 16, 128))), c.max_classes)
-        wide = name == "label_smoothing" and c.rowwise and c.logits and draw(st.booleans())
         base = draw(st.sampled_from((_fill_moderate, _fill_saturating)))
+        wide = name == "label_smoothing" and c.rowwise and c.logits and draw(st.integers(0, 3)) == 3
         preds, labels, params = _smoothing_row(draw, c) if wide else base(draw, c)
         options = {name}
         if draw(st.booleans()):

@@ -24,6 +24,7 @@ or the environment variable ``STABCHECK_ORACLE=mpmath``, forces the pure mpmath 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -218,40 +219,45 @@ def _certify(unit: Any, case: Case) -> tuple[Any, Any, int]:
 def _value_units(case: Case) -> list[Any]:
     """What ``decimal`` encloses: each unit's value, or the one reduced value."""
     values = [unit for _, unit in _units(case, False)]
-    if not case.reduced:
-        return values
-    d, no_nan = options.denominator(case)
+    return [_Reduced(case, values)] if case.reduced else values
 
-    def reduced(prec: int) -> tuple[Quantity, list[Quantity]]:
-        summed = options.total([unit(prec)[0] for unit in values], prec)
-        return options.divide(summed, d, no_nan, prec), []
 
-    return [reduced]
+class _Reduced:
+    """The reduced value of a case: the exact sum of its units' values over the reduction's
+    denominator; the units' last enclosures are kept for condition numbers."""
+
+    def __init__(self, case: Case, units: list[Any]) -> None:
+        self.units, self.last = units, []
+        self.d, self.no_nan = options.denominator(case)
+
+    def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
+        self.last = [unit(prec)[0] for unit in self.units]
+        summed = options.total(self.last, prec)
+        return options.divide(summed, self.d, self.no_nan, prec), []
+
+    def condition(self) -> float:
+        """sum_u kappa_u |L_u| / sum_u |L_u|, the units' values being non-negative."""
+        kappas = [unit.condition(q, [])[0] for unit, q in zip(self.units, self.last)]
+        weights = [abs(float(midpoint(q))) if k == k else 0.0 for k, q in zip(kappas, self.last)]
+        whole = sum(weights)
+        return sum(k * w for k, w in zip(kappas, weights) if w) / whole if whole else math.nan
 
 
 def _reduced(case: Case, grad: bool) -> OracleResult:
     """A reduced case: the exact sum of its units over ``options.denominator``, rounded
     once, and each unit's gradient over the same denominator (mpmath units only)."""
-    d, no_nan = options.denominator(case)
-    values = [unit for _, unit in _units(case, False)]
-    (value, q), _ = enclosure.certify(_value_units(case)[0], case.format)
-    kappas, weights = [], []
-    for unit in values:
-        unit_value, _ = enclosure.certify(unit, case.format)
-        kappas.append(unit.condition(unit_value[1], [])[0])
-        weights.append(abs(float(midpoint(unit_value[1]))) if kappas[-1] == kappas[-1] else 0.0)
-    whole = sum(weights)
-    kappa = sum(k * w for k, w in zip(kappas, weights) if w) / whole if whole else float("nan")
+    reduced = _value_units(case)[0]
+    (value, q), _ = enclosure.certify(reduced, case.format)
     result: dict[str, Any] = dict(
         case=case,
         value=np.array(value),
-        condition=np.array(kappa),
+        condition=np.array(reduced.condition()),
         precision=np.array(0),
         fast=np.array(False),
         lazy_exact=lambda: np.array(midpoint(q), dtype=object),
     )
     if grad:
-        pshape = case.predictions.shape
+        d, no_nan, pshape = reduced.d, reduced.no_nan, case.predictions.shape
         rows, conds, exacts = [], [], []
         skip = options.ignored(case) if case.loss.rowwise else None
         for i, unit in _units(case, True):
@@ -265,10 +271,11 @@ def _reduced(case: Case, grad: bool) -> OracleResult:
                 v, gs = unit(prec)
                 return v, [options.divide(g, d, no_nan, prec) for g in gs]
 
-            _, pairs = enclosure.certify(scaled, case.format)
-            unscaled = enclosure.certify(unit, case.format)
+            (_, v), pairs = enclosure.certify(scaled, case.format)
             rows.append([g for g, _ in pairs])
-            conds.append(unit.condition(unscaled[0][1], [gq for _, gq in unscaled[1]])[1])
+            # a gradient's relative condition is the same over d: measured on g itself
+            unscaled = [options.times(gq, d) for _, gq in pairs]
+            conds.append(unit.condition(v, unscaled)[1])
             exacts.append([midpoint(gq) for _, gq in pairs])
         result.update(
             gradient=np.array(rows, dtype=np.float64).reshape(pshape),

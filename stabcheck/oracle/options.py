@@ -115,3 +115,10 @@ def divide(q: Quantity, d: Fraction, no_nan: bool, prec: int) -> Quantity:
     if isinstance(q, Fraction):
         return q / d
     return E.sdiv(q, E.enclose(d, prec), prec)
+
+
+def times(q: Quantity, d: Fraction) -> Quantity:
+    """q d, undoing ``divide`` for a diagnostic (condition numbers): a 64-bit enclosure."""
+    if isinstance(q, E.Interval):
+        return E.smul(q, E.enclose(d, 64), 64)
+    return q * d if d and not isinstance(q, float) else q
