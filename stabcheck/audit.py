@@ -447,7 +447,7 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
         examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
         for case in draw_cases(loss, fmt, regime, examples, config.seed):
             measure_case(case, task.impls, "drawn")
-        if config.search and regime != "wide":
+        if config.search and get_regime(regime).searched:
             for impl in supported(task.impls, fmt):
                 found = search_worst(impl, runners.get(impl), task.group, config, into)
                 if found is not None:

@@ -843,6 +843,7 @@ def _option_regimes() -> tuple[Regime, ...]:
             applies=lambda spec, name=param.name: name in spec.params,
             min_classes=2,
             fill=_option_fill(param.name),
+            searched=False,
         )
         for param in PARAMS
         if param.draws and not param.required
@@ -859,14 +860,17 @@ def _everywhere(spec: LossSpec) -> bool:
 @dataclass(frozen=True)
 class Regime:
     """A named kind of input: a one-line description, the losses it applies to
-    (``applies(spec)``), the least number of classes its rows need (rowwise losses) and
-    the function that fills a case from hypothesis draws."""
+    (``applies(spec)``), the least number of classes its rows need (rowwise losses), the
+    function that fills a case from hypothesis draws, and whether the audit's targeted
+    search runs on it (not on wide rows, nor on the options' regimes: the oracle's
+    mpmath path and the frameworks' compilations for each new shape make it costly)."""
 
     name: str
     description: str
     applies: Callable[[LossSpec], bool] = field(default=_everywhere, repr=False)
     min_classes: int = 1
     fill: Callable[[Any, _Ctx], Arrays] | None = field(default=None, repr=False, compare=False)
+    searched: bool = True  # whether the audit's targeted search runs on it
 
     def applies_to(self, loss: str | LossSpec) -> bool:
         """Whether this regime makes sense for ``loss``."""
@@ -937,6 +941,7 @@ REGIMES: tuple[Regime, ...] = (
         "ignores max_rows and max_classes.",
         applies=lambda spec: spec.rowwise,
         fill=_fill_wide,
+        searched=False,
     ),
     Regime(
         "pos_weight",
