@@ -1,16 +1,23 @@
-"""The reference implementations against loss values computed here in mpmath at 60 digits."""
+"""The reference implementations: without options against loss values computed here in
+mpmath at 60 digits; with the catalogue's options against the oracle."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import mpmath
 import numpy as np
 import pytest
 
+from stabcheck.case import Case
 from stabcheck.formats import get_format
-from stabcheck.implementations import get_implementation
+from stabcheck.implementations import get_implementation, reference
+from stabcheck.losses import LOSSES as LOSSES_SPECS
 from stabcheck.losses import InputKind, LabelKind, get_loss
+from stabcheck.measure import measure
+from stabcheck.oracle import evaluate
+from stabcheck.runner import invoke
 
 MP = mpmath.mp.clone()
 MP.dps = 60
@@ -374,3 +381,269 @@ def test_accurate_rounds_once_to_bfloat16():
     got = get_implementation("accurate", "sigmoid_cross_entropy_with_logits").fn(x, z)
     want = exact_loss("sigmoid_cross_entropy_with_logits", x, z)
     assert_ulps(got, want, "bfloat16", 0)
+
+
+# -- options: the catalogue's options against the oracle ------------------------------------
+
+SPARSE_SOFTMAX = "sparse_softmax_cross_entropy_with_logits"
+FOCAL = "sigmoid_focal_loss"
+REDUCTIONS = ("sum", "mean", "sum_over_batch_size")
+
+
+def test_every_family_takes_every_option_of_every_loss():
+    for family in FAMILIES:
+        for spec in LOSSES_SPECS:
+            impl = get_implementation(family, spec.name)
+            assert impl.params == spec.params and not impl.choices
+            signature = inspect.signature(impl.fn)
+            assert list(signature.parameters)[2:] == list(spec.params)
+            for p in spec.param_specs:
+                default = signature.parameters[p.name].default
+                assert default is inspect.Parameter.empty if p.required else default == p.default
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_reduced_loss_is_a_0d_array_of_the_input_dtype(family, fmt):
+    dtype = get_format(fmt).dtype
+    x = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=dtype)
+    impl = get_implementation(family, SPARSE_SOFTMAX)
+    for reduction in REDUCTIONS:
+        out = impl.fn(x, np.array([0, 2]), reduction=reduction, weight=np.ones(3, dtype))
+        assert out.shape == () and out.dtype == dtype
+        assert impl.grad(x, np.array([0, 2]), reduction=reduction).dtype == dtype
+
+
+def test_the_plain_functions_take_no_options():
+    # what stabcheck.check draws no options for, e.g. in the plugin's and the gate's tests
+    x, k = np.array([[1.0, 2.0, 0.5]]), np.array([1])
+    for family in FAMILIES:
+        plain = getattr(reference, f"{family}_sparse_softmax")
+        assert list(inspect.signature(plain).parameters) == ["predictions", "labels"]
+        assert plain.__name__ == f"{family}_sparse_softmax"
+        assert plain(x, k) == get_implementation(family, SPARSE_SOFTMAX).fn(x, k)
+    weighted = inspect.signature(reference.stable_weighted).parameters
+    assert list(weighted) == ["predictions", "labels", "pos_weight"]
+
+
+def _values(fmt):
+    f = get_format(fmt)
+    return f.max, f.smallest_subnormal, f.tiny, f.eps
+
+
+def option_inputs(loss, fmt, extreme=True):
+    """Predictions and labels: 6 rows of 4 classes or 2 x 12 elements; with ``extreme``,
+    the format's extremes among them (huge and subnormal logits, a -inf logit,
+    probabilities 0, subnormal and 1 - eps), else logits in [-3, 3] and probabilities in
+    [0.05, 0.95]."""
+    spec = get_loss(loss)
+    big, sub, tiny, eps = _values(fmt) if extreme else (6.0, 0.125, 0.25, 0.0625)
+    low = -inf if extreme else -1.0
+    if spec.rowwise:
+        if spec.inputs is InputKind.LOGITS:
+            x = [[1, -2, 0.5, 3], [0, 0, 0, 0], [2, -2, 2, 0.25], [big / 2, -big / 2, 1, 0],
+                 [sub, -tiny, 0, eps], [-0.5, low, 1, -0.5]]  # fmt: skip
+        elif extreme:
+            x = [[0.1, 0.2, 0.3, 0.4], [sub, tiny, 0.5, 1 - eps], [0.25] * 4, [1, 0, 0, 0],
+                 [eps, 0.5, 0.25, 0.125], [0.9, 0.05, 0.05, 0]]  # fmt: skip
+        else:
+            x = [[0.1, 0.2, 0.3, 0.4], [0.25] * 4, [0.9, 0.05, 0.05, 0.5], [0.5, 0.3, 0.6, 0.1],
+                 [0.125, 0.5, 0.25, 0.125], [0.7, 0.1, 0.1, 0.1]]  # fmt: skip
+        if spec.labels is LabelKind.SPARSE:
+            return np.array(x), np.array([3, 1, 0, 2, 3, 2])
+        y = [[0.25, 0.25, 0.5, 0], [1, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], [0, 0, 0, 1],
+             [0.5, 0.5, 0, 0], [0, 0, 1, 0]]  # fmt: skip
+        return np.array(x), np.array(y)
+    if spec.inputs is InputKind.LOGITS:
+        x = [0, 1, -1, 3, -3, 2, big / 2, -big / 2, sub, -tiny, 0.5, -2]
+    elif extreme:
+        x = [sub, tiny, 0.1, 0.5, 1 - eps, 1 - eps / 2, 0.9, 0.25, eps, 0.75, 0.3, 0.6]
+    else:
+        x = [0.05, 0.1, 0.5, 0.95, 0.2, 0.25, 0.9, 0.75, 0.3, 0.6, 0.4, 0.125]
+    z = [0, 1, 0.5, 0.25, 1 - eps / 2, sub, 1, 0, 0.75, 0.5, 1, 0]
+    return np.array([x, x[::-1]]), np.array([z, z[::-1]])
+
+
+def option_cases(option, fmt, extreme=True):
+    """Cases with each value of ``option`` worth meeting (with ``extreme``, the format's
+    extremes; else moderate ones) on the losses that take it, over ``option_inputs`` or
+    inputs of their own: smoothing 0 to 1; weights with zeros, subnormals and huge values;
+    ignored rows holding NaN and infinities, or every row ignored; softcaps tiny to huge
+    over -inf lanes; z-losses over lse near 1e4; focal alpha and gamma; each reduction,
+    with class weights and ignored rows."""
+    big, sub, tiny, eps = _values(fmt) if extreme else (6.0, 0.125, 0.25, 0.0625)
+    takes = [spec.name for spec in LOSSES_SPECS if option in spec.params]
+    cases = []
+
+    def add(loss, x=None, y=None, **params):
+        if x is None:
+            x, y = option_inputs(loss, fmt, extreme)
+        if "pos_weight" in get_loss(loss).params:
+            params["pos_weight"] = 3.0
+        cases.append(Case.build(loss, x, y, format=fmt, **params))
+
+    if option == "label_smoothing":
+        for e in (0.0, sub, eps, 0.1, 0.5, 1 - eps / 2, 1.0):
+            for loss in takes:
+                add(loss, label_smoothing=e)
+        for e in (1 - eps / 2, 1.0) if extreme else ():  # tied: p = 1/11, a gradient 0 at e = 1
+            add(SPARSE_SOFTMAX, np.full((2, 11), 3.0), [0, 5], label_smoothing=e)
+            add("softmax_cross_entropy_with_logits", np.full((1, 11), -2.0), np.eye(11)[:1],
+                label_smoothing=e, weight=np.full(11, 3.0))  # fmt: skip
+    elif option == "weight":
+        for w in ([0, sub, big / 4, 1.5], [big / 4, 1, 0, sub], [tiny, 0.3, 3, 1], [0] * 4):
+            for loss in takes:
+                add(loss, weight=w)
+                if "label_smoothing" in get_loss(loss).params:
+                    add(loss, weight=w, label_smoothing=0.1)
+    elif option == "ignore_index":
+        for loss in takes:
+            x, k = option_inputs(loss, fmt, extreme)
+            junk = x.astype(float)
+            junk[1, 0] = nan
+            if "softmax" in loss:
+                junk[3, 1], junk[4, 2] = inf, -inf
+            ignored = np.where([False, True, False, True, True, False], -100, k)
+            add(loss, junk, ignored, ignore_index=-100)
+            add(loss, junk, np.full(len(k), -100), ignore_index=-100)  # every row
+            add(loss, x, k, ignore_index=0)  # a class that exists
+    elif option == "softcap":
+        x = [[1, -inf, 0.5, 3], [-inf, -inf, -inf, -inf], [30, -30, 2, -inf],
+             [big / 2, -big / 2, 1, 0], [4, 4, -inf, 4], [inf, 0, -inf, 1]]  # fmt: skip
+        if not extreme:
+            x = [[1, -2, 0.5, 3], [0.5] * 4, [3, -3, 2, -1], [2, -2, 1, 0], [4, 4, 1, 4],
+                 [1, 0, -1, 1]]  # fmt: skip
+        soft = np.eye(4)[[0, 1, 2, 0, 2, 3]] / 2
+        for c in (sub, tiny, eps, 1.0, 30.0, big) if extreme else (4.0, 30.0):
+            add(SPARSE_SOFTMAX, x, [3, 1, 0, 2, 3, 2], softcap=c)
+            add("softmax_cross_entropy_with_logits", x, soft, softcap=c, z_loss=1e-4)
+    elif option == "z_loss":
+        offset = min(1e4, big / 8) if extreme else 2.0  # lse near 1e4 (float16: 8188)
+        for s in (sub, 1e-4, 1.0, big) if extreme else (1e-4, 1.0):
+            for loss in takes:
+                x, y = option_inputs(loss, fmt, extreme)
+                add(loss, x, y, z_loss=s)
+                add(loss, x[:3] + offset, y[:3], z_loss=s)
+    elif option in ("alpha", "gamma"):
+        values = (None, 0.0, 0.25, 1.0) if option == "alpha" else (0.0, 0.5, 2.0, 5.0)
+        for v in values:
+            add(FOCAL, **{option: v})
+    else:  # reduction
+        for how in REDUCTIONS:
+            for loss in takes:
+                add(loss, reduction=how)
+            for loss in ("sparse_categorical_crossentropy", SPARSE_SOFTMAX):
+                x, k = option_inputs(loss, fmt, extreme)
+                add(loss, x, np.where([1, 0, 0, 1, 0, 0], -100, k), reduction=how,
+                    ignore_index=-100, weight=[0, sub, big / 4, 1.5])  # fmt: skip
+                add(loss, x, np.full(6, -100), reduction=how, ignore_index=-100)
+    return cases
+
+
+OPTIONS = ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "alpha", "gamma",
+           "reduction")  # fmt: skip
+
+
+def measured(family, case, max_ulps=4):
+    """The value and gradient measurements of ``family`` on ``case`` against the oracle."""
+    outcome = invoke(get_implementation(family, case.loss.name), case, grad=True)
+    assert outcome.note == "", outcome.note  # the dtype of the input
+    result = evaluate(case, grad=True)
+    return (measure(result, outcome.values, max_ulps=max_ulps),
+            measure(result, outcome.gradient, gradient=True, max_ulps=max_ulps))  # fmt: skip
+
+
+def not_ok(rows, case, what):
+    """A line for each of the first two measurements whose status is not ok."""
+    return [f"{case.loss.name} {what}[{', '.join(map(str, m.index))}]: got {m.got!r}, "
+            f"expected {m.expected!r} ({m.ulps:g} ULPs, {m.status})\n  case: {case.to_json()}"
+            for m in rows if m.status != "ok"][:2]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_accurate_passes_every_option_in_every_format(option, fmt):
+    failures = []
+    for case in option_cases(option, fmt):
+        values, grads = measured("accurate", case)
+        failures += not_ok(values, case, "value") + not_ok(grads, case, "gradient")
+    assert not failures, "\n".join(failures[:6])
+
+
+@pytest.mark.parametrize("fmt", ["float64", "float32"])
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("family", ["naive", "stable"])
+def test_naive_and_stable_apply_each_option_as_the_oracle_does(family, option, fmt):
+    """On moderate inputs the three families compute the same function, options included
+    (within 256 ULPs: naive and stable round in the input dtype; a wrong definition of an
+    option is off by far more)."""
+    failures = []
+    for case in option_cases(option, fmt, extreme=False):
+        values, grads = measured(family, case, max_ulps=256)
+        failures += not_ok(values, case, "value") + not_ok(grads, case, "gradient")
+    assert not failures, "\n".join(failures[:6])
+
+
+# -- naive fails where it should ------------------------------------------------------------
+
+
+def test_naive_float16_smoothing_overflows_on_a_wide_row():
+    # PyTorch's arrangement (e / C) sum_i -log p_i: 8,192 terms of log 8192 = 9.01 in float16
+    case = Case.build(SPARSE_SOFTMAX, np.zeros((1, 8192)), [5], format="float16",
+                      label_smoothing=0.1)  # fmt: skip
+    assert np.isfinite(evaluate(case).value).all()
+    naive = get_implementation("naive", SPARSE_SOFTMAX)
+    assert np.isinf(naive.fn(case.predictions, case.labels, label_smoothing=0.1)).all()
+    for family in ("stable", "accurate"):
+        values, grads = measured(family, case)
+        assert {m.status for m in values + grads} == {"ok"}, family
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum_over_batch_size"])
+def test_naive_float16_mean_overflows_in_its_sum(reduction):
+    # 256 rows of loss 300: the mean is 300, the sum 76,800 is beyond float16's 65,504
+    x = np.tile([[300.0, 0.0]], (256, 1))
+    case = Case.build(SPARSE_SOFTMAX, x, np.ones(256, int), format="float16", reduction=reduction)
+    assert evaluate(case).value == 300
+    naive = get_implementation("naive", SPARSE_SOFTMAX)
+    assert np.isinf(naive.fn(case.predictions, case.labels, reduction=reduction))
+    for family in ("stable", "accurate"):
+        values, grads = measured(family, case)
+        assert {m.status for m in values + grads} == {"ok"}, family
+
+
+def test_naive_softcap_gradient_underflows_where_tanh_rounds_to_one():
+    # 1 - tanh(10)^2 is 0 in float32; sech(10)^2 = 8.2e-9 is not
+    case = Case.build(SPARSE_SOFTMAX, [[40.0, 0.0, -40.0]], [1], format="float32", softcap=4.0)
+    exact_grad = evaluate(case, grad=True).gradient
+    assert (exact_grad != 0).all() and np.isfinite(exact_grad).all()
+    naive = get_implementation("naive", SPARSE_SOFTMAX)
+    assert (naive.grad(case.predictions, case.labels, softcap=4.0)[0, [0, 2]] == 0).all()
+    for family in ("stable", "accurate"):
+        values, grads = measured(family, case)
+        assert {m.status for m in values + grads} == {"ok"}, family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_masked_lane_stays_masked_under_a_softcap(family):
+    case = Case.build(SPARSE_SOFTMAX, [[1, -inf, 0.5, 3], [-inf, 2, 0, -inf]], [3, 1],
+                      softcap=5.0, z_loss=1e-4)  # fmt: skip
+    values, grads = measured(family, case, max_ulps=256)
+    assert {m.status for m in values + grads} == {"ok"}
+    impl = get_implementation(family, SPARSE_SOFTMAX)
+    grad = impl.grad(case.predictions, case.labels, softcap=5.0, z_loss=1e-4)
+    assert (grad[np.isinf(case.predictions)] == 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ignored_rows_give_zero_whatever_their_logits_hold(family):
+    x = np.array([[nan, 0.0, 1.0], [inf, -inf, 0.0], [1.0, 2.0, 3.0]])
+    impl = get_implementation(family, SPARSE_SOFTMAX)
+    k = np.array([-100, -100, 1])
+    assert (impl.fn(x, k, ignore_index=-100)[:2] == 0).all()
+    assert (impl.grad(x, k, ignore_index=-100)[:2] == 0).all()
+    assert np.isfinite(impl.fn(x, k, ignore_index=-100, reduction="mean"))
+    every = np.full(3, -100)
+    assert np.isnan(impl.fn(x, every, ignore_index=-100, reduction="mean"))  # 0/0, PyTorch's
+    assert impl.fn(x, every, ignore_index=-100, reduction="sum_over_batch_size") == 0  # Keras'
+    assert (impl.grad(x, every, ignore_index=-100, reduction="mean") == 0).all()
