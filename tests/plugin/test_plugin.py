@@ -493,14 +493,18 @@ def test_an_uninstalled_backend_names_the_extra(monkeypatch):
 
 
 def _smoothed(x, k, label_smoothing=0.0, *, wrong=False):
-    """Sparse softmax cross-entropy with label smoothing in float64 (log-sum-exp shifted by
-    the maximum), rounded once; ``wrong`` spreads the smoothing over C + 1 classes."""
+    """Sparse softmax cross-entropy with label smoothing in float64, rounded once:
+    ``sum_j y_j (m - z_j) + sum_j y_j log1p(s)`` with ``m`` the maximum and ``s`` the sum of
+    ``exp(z - m)`` over all but one maximum, so a loss near 0 keeps its digits; ``wrong``
+    spreads the smoothing over C + 1 classes."""
     z = x.astype(np.float64)
     m = z.max(axis=1, keepdims=True)
-    lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    e = np.exp(z - m)
+    e[np.arange(len(z)), z.argmax(axis=1)] = 0.0
     spread = z.shape[1] + (1 if wrong else 0)
     y = (np.arange(z.shape[1]) == k[:, None]) * (1 - label_smoothing) + label_smoothing / spread
-    return (y * (lse - z)).sum(axis=1).astype(x.dtype)
+    loss = (y * (m - z)).sum(axis=1) + y.sum(axis=1) * np.log1p(e.sum(axis=1))
+    return loss.astype(x.dtype)
 
 
 def _wrongly_smoothed(x, k, label_smoothing=0.0):
