@@ -19,7 +19,16 @@ import numpy as np
 
 from stabcheck.errors import InvalidArgument, did_you_mean
 from stabcheck.formats import FORMATS, Format, get_format
-from stabcheck.losses import LabelKind, LossSpec, ParamKind, ParamSpec, get_loss, get_param
+from stabcheck.losses import (
+    OPERANDS,
+    InputKind,
+    LabelKind,
+    LossSpec,
+    ParamKind,
+    ParamSpec,
+    get_loss,
+    get_param,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +40,10 @@ class Case:
     as a 1-D array becomes 1 x C. ``params`` holds the options given (see
     ``stabcheck.losses.PARAMS``): reals as values of the format (Python floats), class
     weights as an array of the format, ``ignore_index`` an int, ``reduction`` a name;
-    ``param(name)`` gives an option's value or its default.
+    ``param(name)`` gives an option's value or its default. ``operands`` holds the loss's
+    other inputs (``LossSpec.operands``: the classifier ``linear_weight`` W, V x D, and
+    ``linear_bias`` b, V, of the linear losses, whose predictions are the hidden states h,
+    N x D), arrays of the format.
     """
 
     loss: LossSpec
@@ -40,6 +52,7 @@ class Case:
     labels: np.ndarray
     params: Mapping[str, Any] = field(default_factory=dict)
     regime: str = "manual"
+    operands: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -51,31 +64,47 @@ class Case:
         regime: str = "manual",
         **params: Any,
     ) -> Case:
-        """Validate and cast the inputs of ``loss``; raise ``InvalidArgument`` if they are bad."""
+        """Validate and cast the inputs of ``loss``; raise ``InvalidArgument`` if they are bad.
+        ``params`` holds the options and the operands (``linear_weight=``, ``linear_bias=``)."""
         spec, fmt = get_loss(loss), get_format(format)
         preds = _float_array("predictions", predictions, fmt)
         if spec.rowwise:
             preds = _rows(preds)
-        checked = _params(spec, fmt, params, preds.shape[-1])
+        operands = _operands(spec, fmt, params, preds.shape)
+        classes = operands["linear_weight"].shape[0] if operands else preds.shape[-1]
+        checked = _params(spec, fmt, {k: v for k, v in params.items() if k not in spec.operands},
+                          classes)  # fmt: skip
+        rows = (preds.shape[0], classes)
         if spec.labels is LabelKind.SPARSE:
-            labs = _sparse_labels(labels, preds.shape, checked.get("ignore_index"))
+            labs = _sparse_labels(labels, rows, checked.get("ignore_index"))
         else:
             labs = _float_array("labels", labels, fmt)
             if spec.rowwise and labs.ndim == 1:
                 labs = labs.reshape(1, -1)
-            if labs.shape != preds.shape:
+            shape = rows if spec.rowwise else preds.shape
+            if labs.shape != shape:
                 raise InvalidArgument(
+                    f"labels has shape {labs.shape} but there are {shape} predictions; "
+                    f"{spec.name} takes {spec.labels.value} labels, one per class and row"
+                    if operands else
                     f"labels has shape {labs.shape} but predictions has shape {preds.shape}; "
                     f"{spec.name} takes {spec.labels.value} labels shaped like the predictions"
-                )
+                )  # fmt: skip
             _check_unit_interval("labels", labs, allow_nan=False)
-        if spec.inputs.value == "probabilities":
+        if spec.inputs is InputKind.PROBABILITIES:
             _check_unit_interval("predictions", preds, allow_nan=True)
-        return cls(spec, fmt, preds, labs, checked, regime)
+        return cls(spec, fmt, preds, labs, checked, regime, operands)
 
     def param(self, name: str) -> Any:
         """The value of option ``name``: as given, else its default (None: off)."""
         return self.params.get(name, get_param(name).default)
+
+    @property
+    def classes(self) -> int:
+        """The number of classes: the rows of W for the linear losses, else the
+        predictions' last axis."""
+        weight = self.operands.get("linear_weight")
+        return int(weight.shape[0]) if weight is not None else int(self.predictions.shape[-1])
 
     # -- the shape of the answer ---------------------------------------------------------
 
@@ -102,7 +131,8 @@ class Case:
         else:
             preds = self.predictions[tuple(index)].reshape(1)
             labels = self.labels[tuple(index)].reshape(1)
-        return Case(self.loss, self.format, preds, labels, dict(self.params), self.regime)
+        return Case(self.loss, self.format, preds, labels, dict(self.params), self.regime,
+                    self.operands)  # fmt: skip
 
     # -- serialisation -------------------------------------------------------------------
 
@@ -112,6 +142,7 @@ class Case:
             "loss": self.loss.name,
             "format": self.format.name,
             "predictions": _hex(self.predictions),
+            **{name: _hex(array) for name, array in self.operands.items()},
             "labels": self.labels.tolist() if sparse else _hex(self.labels),
             "params": {k: _param_json(get_param(k), v) for k, v in sorted(self.params.items())},
             "regime": self.regime,
@@ -145,12 +176,14 @@ class Case:
         for key in ("loss", "format", "regime"):
             if key in data and not isinstance(data[key], str):
                 raise InvalidArgument(f"{key}={data[key]!r} must be a string")
+        operands = {k: parse_floats(v) for k, v in data.items() if k in _OPERAND_NAMES}
         return cls.build(
             data["loss"],
             parse_floats(data["predictions"]),
             parse_floats(data["labels"]),
             format=data.get("format", "float64"),
             regime=data.get("regime", "manual"),
+            **operands,
             **{str(k): v if isinstance(v, str) and not _numeric(v) else parse_floats(v)
                for k, v in params.items()},
         )
@@ -171,6 +204,9 @@ class Case:
             f"--labels '{json.dumps(d['labels'], separators=(',', ':'))}'",
             f"--format {d['format']}",
         ]
+        for name in self.operands:
+            text = json.dumps(d[name], separators=(",", ":"))
+            args.append(f"--{name.replace('_', '-')} '{text}'")
         for k, v in d["params"].items():
             text = json.dumps(v, separators=(",", ":")) if isinstance(v, list) else str(v)
             args.append(f"--{k.replace('_', '-')} {shlex.quote(text)}")
@@ -273,6 +309,39 @@ def _sparse_labels(labels: Any, shape: tuple[int, ...], ignore: int | None) -> n
             f"are integers in [0, {classes}){also}"
         )
     return array.astype(np.int64)
+
+
+def _operands(spec: LossSpec, fmt: Format, given: Mapping[str, Any],
+              shape: tuple[int, ...]) -> dict[str, np.ndarray]:  # fmt: skip
+    """The operands of ``spec`` in ``given``, cast to ``fmt`` and shaped as their specs say
+    (``features``: the predictions' last axis, ``classes``: the rows of the first)."""
+    out: dict[str, np.ndarray] = {}
+    for operand in spec.operand_specs:
+        value = given.get(operand.name)
+        if value is None:
+            if operand.required:
+                raise InvalidArgument(
+                    f"{spec.name} needs {operand.name}=..., {operand.summary}"
+                )
+            continue
+        array = _float_array(operand.name, value, fmt)
+        sizes = {"features": shape[-1]}
+        if out:
+            sizes["classes"] = next(iter(out.values())).shape[0]
+        if operand.shape[0] == "classes" and "classes" not in sizes:
+            sizes["classes"] = array.shape[0]
+        want = tuple(sizes[axis] for axis in operand.shape)
+        if array.shape != want:
+            axes = " x ".join(f"{axis} ({sizes[axis]})" for axis in operand.shape)
+            raise InvalidArgument(
+                f"{operand.name} has shape {array.shape}; it must be {axes}: "
+                f"{operand.summary}, with the predictions' {shape[-1]} features"
+            )
+        out[operand.name] = array
+    return out
+
+
+_OPERAND_NAMES = {spec.name for spec in OPERANDS}
 
 
 def _params(spec: LossSpec, fmt: Format, params: Mapping[str, Any], classes: int) -> dict:

@@ -18,7 +18,7 @@ from typing import Any
 
 from stabcheck import _signals
 from stabcheck.errors import InvalidArgument, StabcheckError
-from stabcheck.losses import PARAMS, ParamKind
+from stabcheck.losses import OPERANDS, PARAMS, ParamKind
 
 CANNOT_RUN = 2
 EPILOG = ("exit status: 0 done (gate: nothing worse), 1 gate only: worse than the baseline, "
@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of LOSS, --predictions and --labels: a whole case as Case.to_json "
         "writes it (worst.md, a failing check); @FILE reads a file, - stdin",
     )
+    for operand in OPERANDS:  # the linear losses' W and b, each --name
+        oracle.add_argument(
+            f"--{operand.name.replace('_', '-')}",
+            type=_json,
+            metavar="JSON",
+            help=f"{operand.summary}; @FILE or - as above",
+        )
     for param in PARAMS:  # the options of the catalogue, each --name
         kind = {ParamKind.REAL: _number, ParamKind.VECTOR: _json, ParamKind.INDEX: int}
         oracle.add_argument(
@@ -395,7 +402,7 @@ def _oracle(args: argparse.Namespace) -> int:
             f"--digits={args.digits} must be a number of digits from 1 to {MAX_DIGITS}"
         )
     if args.case is not None:
-        names = ("loss", "predictions", "labels", *(p.name for p in PARAMS))
+        names = ("loss", "predictions", "labels", *(p.name for p in (*OPERANDS, *PARAMS)))
         given = [name for name in names if getattr(args, name) is not None]
         if given:
             raise InvalidArgument(
@@ -410,7 +417,7 @@ def _oracle(args: argparse.Namespace) -> int:
                 option = "LOSS" if name == "loss" else f"--{name}"
                 raise InvalidArgument(f"{option} is missing; give LOSS, --predictions and "
                                       "--labels, or a whole case with --case")  # fmt: skip
-        params = {p.name: getattr(args, p.name) for p in PARAMS
+        params = {p.name: getattr(args, p.name) for p in (*OPERANDS, *PARAMS)
                   if getattr(args, p.name) is not None}  # fmt: skip
         case = Case.build(args.loss, args.predictions, args.labels,
                           format=args.format or "float64", **params)  # fmt: skip
@@ -433,6 +440,8 @@ def _oracle(args: argparse.Namespace) -> int:
         }
         if args.grad:
             out["gradient"] = hexes(result.gradient)
+            for name, g in result.operand_gradients.items():
+                out[f"gradient_{name}"] = hexes(g.value)
         print(json.dumps(out, indent=2, allow_nan=False))
         return 0
     print(f"{case.loss.name} in {case.format.name}")
@@ -444,10 +453,14 @@ def _oracle(args: argparse.Namespace) -> int:
         print(f"  {label}exact     {text}")
         print(f"  {label}condition {kappa:.3g}")
     if args.grad:
-        print("  gradient (correctly rounded):")
-        for index in np.ndindex(result.gradient.shape):
-            g = float(result.gradient[index])
-            print(f"    {list(index)!s:<10} {g!r:<24} {g.hex()}")
+        gradients = {"predictions": result.gradient}
+        gradients.update({k: g.value for k, g in result.operand_gradients.items()})
+        for name, gradient in gradients.items():
+            towards = f" with respect to {name}" if len(gradients) > 1 else ""
+            print(f"  gradient{towards} (correctly rounded):")
+            for index in np.ndindex(gradient.shape):
+                g = float(gradient[index])
+                print(f"    {list(index)!s:<10} {g!r:<24} {g.hex()}")
     return 0
 
 

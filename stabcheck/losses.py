@@ -40,6 +40,7 @@ class InputKind(str, Enum):
 
     LOGITS = "logits"
     PROBABILITIES = "probabilities"
+    HIDDEN = "hidden states"  # the logits are h W^T + b, with W and b the loss's operands
 
 
 class LabelKind(str, Enum):
@@ -196,6 +197,38 @@ PARAMS: tuple[ParamSpec, ...] = (
 _PARAMS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 
 
+@dataclass(frozen=True)
+class OperandSpec:
+    """An input of a loss besides the predictions and labels: an array of the case's format
+    that the loss is differentiated with respect to, as the predictions are. ``shape`` names
+    its axes (``classes``, ``features``: the predictions' last axis)."""
+
+    name: str
+    summary: str
+    shape: tuple[str, ...]
+    required: bool = True
+    names: Mapping[str, str] = field(default_factory=dict)  # framework -> its name
+
+
+OPERANDS: tuple[OperandSpec, ...] = (
+    OperandSpec(
+        "linear_weight",
+        "the classifier W (V x D): logits h W^T + b",
+        ("classes", "features"),
+        names={"torch": "linear_weight", "liger": "lin_weight", "cut_cross_entropy": "classifier"},
+    ),
+    OperandSpec(
+        "linear_bias",
+        "the classifier's bias b (V)",
+        ("classes",),
+        required=False,
+        names={"torch": "linear_bias", "liger": "bias", "cut_cross_entropy": "bias"},
+    ),
+)
+
+_OPERANDS: dict[str, OperandSpec] = {spec.name: spec for spec in OPERANDS}
+
+
 def get_param(name: str) -> ParamSpec:
     """The spec of the parameter called ``name``."""
     spec = _PARAMS.get(name)
@@ -212,7 +245,8 @@ class LossSpec:
     """One loss: its name, the kinds of its inputs, its parameters and its formula.
 
     ``oracle`` names the oracle's formula for it (``stabcheck.oracle`` looks it up by this
-    name): ``binary``, ``sigmoid``, ``focal``, ``categorical`` or ``softmax``.
+    name): ``binary``, ``sigmoid``, ``focal``, ``categorical``, ``softmax`` or ``linear``.
+    ``operands`` names the inputs besides predictions and labels (see ``OPERANDS``).
     """
 
     name: str
@@ -224,6 +258,7 @@ class LossSpec:
     gradient: str
     params: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    operands: tuple[str, ...] = ()
 
     @property
     def rowwise(self) -> bool:
@@ -232,6 +267,10 @@ class LossSpec:
     @property
     def param_specs(self) -> tuple[ParamSpec, ...]:
         return tuple(_PARAMS[name] for name in self.params)
+
+    @property
+    def operand_specs(self) -> tuple[OperandSpec, ...]:
+        return tuple(_OPERANDS[name] for name in self.operands)
 
 
 LOSSES: tuple[LossSpec, ...] = (
@@ -322,6 +361,31 @@ LOSSES: tuple[LossSpec, ...] = (
         gradient="dL/dx = a_t (1 - p_t)^gamma ((p - z) + gamma CE (1 - 2z) p (1 - p) / (1 - p_t))",
         params=("alpha", "gamma", "reduction"),
         aliases=("focal_loss",),
+    ),
+    LossSpec(
+        name="linear_cross_entropy",
+        inputs=InputKind.HIDDEN,
+        labels=LabelKind.SPARSE,
+        output=OutputShape.ROWWISE,
+        oracle="linear",
+        formula="logsumexp(x) - x_k with logits x = h W^T + b computed exactly",
+        gradient="dL/dh = g W, dL/dW = g^T h, dL/db = sum over rows of g, "
+        "g_i = softmax(x)_i - [i = k]",
+        params=("label_smoothing", "weight", "ignore_index", "z_loss", "reduction"),
+        aliases=("sparse_linear_cross_entropy", "fused_linear_cross_entropy"),
+        operands=("linear_weight", "linear_bias"),
+    ),
+    LossSpec(
+        name="soft_linear_cross_entropy",
+        inputs=InputKind.HIDDEN,
+        labels=LabelKind.SOFT,
+        output=OutputShape.ROWWISE,
+        oracle="linear",
+        formula="sum_i y_i (logsumexp(x) - x_i) with logits x = h W^T + b computed exactly",
+        gradient="dL/dh = g W, dL/dW = g^T h, dL/db = sum over rows of g, "
+        "g_i = (sum_j y_j) softmax(x)_i - y_i",
+        params=("label_smoothing", "weight", "z_loss", "reduction"),
+        operands=("linear_weight", "linear_bias"),
     ),
 )
 

@@ -24,27 +24,45 @@ or the environment variable ``STABCHECK_ORACLE=mpmath``, forces the pure mpmath 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from mpmath import libmp
 
 from stabcheck.case import Case
 from stabcheck.losses import LabelKind
-from stabcheck.oracle import enclosure, options
+from stabcheck.oracle import enclosure, linear, options
 from stabcheck.oracle import fast as fastpath
 from stabcheck.oracle.elementwise import Binary, Focal, Weighted
 from stabcheck.oracle.enclosure import MAX_PRECISION, Interval, Quantity, midpoint
 from stabcheck.oracle.rowwise import Capped, Categorical, Softmax
 
-__all__ = ["FAST_MIN_SIZE", "MAX_PRECISION", "OracleResult", "decimal", "evaluate", "exact"]
+__all__ = [
+    "FAST_MIN_SIZE",
+    "MAX_PRECISION",
+    "Gradient",
+    "OracleResult",
+    "decimal",
+    "evaluate",
+    "exact",
+]
 
 FAST_MIN_SIZE = 16  # predictions; below this the mpmath units alone are quicker
+
+
+class Gradient(NamedTuple):
+    """The gradient with respect to one operand: correctly rounded values, condition
+    numbers and 64-bit approximations of the exact values (mpmath numbers)."""
+
+    value: np.ndarray
+    condition: np.ndarray
+    exact: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +90,7 @@ class OracleResult:
     fast: np.ndarray | None = None
     lazy_exact: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     lazy_gradient_exact: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    operand_gradients: Mapping[str, Gradient] = field(default_factory=dict)
 
     @property
     def exact(self) -> np.ndarray:
@@ -96,6 +115,8 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
     ``fast=False`` does not; by default it does for cases of at least ``FAST_MIN_SIZE``
     predictions, unless the environment variable ``STABCHECK_ORACLE`` is ``mpmath``.
     """
+    if grad and case.loss.operands:
+        return _with_operands(case)
     if case.reduced:
         return _reduced(case, grad)
     if fast is None:
@@ -157,6 +178,21 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
             lazy_gradient_exact=gradient_exact,
         )
     return OracleResult(**result)
+
+
+def _with_operands(case: Case) -> OracleResult:
+    """A case with operands: its values as any case's, its gradients from
+    ``linear.gradients`` (the units' gradients are with respect to the logits)."""
+    result = evaluate(case, grad=False, fast=False)
+    grads = {k: Gradient(*v) for k, v in linear.gradients(case).items()}
+    own = grads.pop("predictions")
+    return dataclasses.replace(
+        result,
+        gradient=own.value,
+        gradient_condition=own.condition,
+        lazy_gradient_exact=lambda: own.exact,
+        operand_gradients=grads,
+    )
 
 
 def exact(
@@ -316,7 +352,7 @@ def _focal_unit(case: Case, x: float, z: float, grad: bool) -> Any:
 # The oracle's formulas, by the name a loss's spec gives (``LossSpec.oracle``): elementwise
 # ones build a unit from (case, x, z, grad), rowwise ones from (case, row, grad).
 ELEMENTWISE = {"binary": _binary_unit, "sigmoid": _sigmoid_unit, "focal": _focal_unit}
-ROWWISE = {"softmax": _softmax_unit, "categorical": _categorical_unit}
+ROWWISE = {"softmax": _softmax_unit, "categorical": _categorical_unit, "linear": linear.row_unit}
 
 
 class _Ignored:
@@ -349,4 +385,4 @@ def _units(case: Case, grad: bool, which: np.ndarray | None = None) -> Iterator[
     build = ROWWISE[spec.oracle]
     skip = options.ignored(case)
     for i in np.flatnonzero(wanted).tolist():
-        yield i, (_Ignored(preds.shape[1]) if skip[i] else build(case, i, grad))
+        yield i, (_Ignored(case.classes) if skip[i] else build(case, i, grad))

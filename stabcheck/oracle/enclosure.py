@@ -292,11 +292,18 @@ def certify(
     or a row) enclosed at ``prec`` bits. Returns ``(rounded, quantity)`` pairs, where the
     quantity is the tightest enclosure, kept for reports and condition numbers.
     """
+    pairs = certify_all(lambda prec: [(out := evaluate(prec))[0], *out[1]], fmt)
+    return pairs[0], pairs[1:]
+
+
+def certify_all(
+    evaluate: Callable[[int], list[Quantity]], fmt: Format
+) -> list[tuple[float, Quantity]]:
+    """``certify`` for a list of quantities: ``(rounded, quantity)`` for each."""
     prec = fmt.precision + START_PRECISION
     done: dict[int, tuple[float, Quantity]] = {}
     while True:
-        value, gradient = evaluate(prec)
-        quantities = [value, *gradient]
+        quantities = evaluate(prec)
         for i, q in enumerate(quantities):
             if i not in done:
                 rounded = round_quantity(q, fmt)
@@ -307,7 +314,7 @@ def certify(
                 if i not in done and _unsigned_zero(q, fmt):
                     done[i] = (0.0, q)
         if len(done) == len(quantities):
-            return done[0], [done[i] for i in range(1, len(quantities))]
+            return [done[i] for i in range(len(quantities))]
         if prec >= MAX_PRECISION:
             raise PrecisionLimitReached(
                 f"the rounding to {fmt.name} was still uncertain at {prec} bits "

@@ -45,7 +45,7 @@ def ignored(case: Case) -> np.ndarray:
 
 def row_targets(case: Case, i: int) -> list[Fraction]:
     """Row ``i``'s effective targets w_j t_j, exactly."""
-    C = case.predictions.shape[1]
+    C = case.classes
     if case.loss.labels is LabelKind.SPARSE:
         y = [Fraction(0)] * C
         y[int(case.labels[i])] = Fraction(1)

@@ -48,12 +48,14 @@ class Softmax:
     def __init__(self, x: np.ndarray, y: Any, grad: bool, soft: bool,
                  z_loss: float = 0.0) -> None:  # fmt: skip
         self.x, self.grad, self.soft = x, grad, soft
+        self.kinds = _kinds(x)
         self.y = [v if isinstance(v, Fraction) else Fraction(float(v)) for v in y]
         self.s = Fraction(z_loss)
         self.labelled = np.array([i for i, v in enumerate(self.y) if v], dtype=np.int64)
         self.Y = sum((self.y[i] for i in self.labelled), Fraction(0))
-        finite = ~np.isinf(x)
-        self.m = float(np.max(x)) if finite.any() else -INF
+        finite = ~np.isinf(self.kinds)
+        with np.errstate(invalid="ignore"):  # NaN rows are decided in _special
+            self.m = np.max(x) if finite.any() else -INF
         self.ties = np.flatnonzero(x == self.m)
         self.k = int(self.ties[0]) if self.ties.size else -1
         self.others = np.flatnonzero(finite & (x != self.m))
@@ -62,7 +64,7 @@ class Softmax:
     def _special(self) -> tuple[Quantity | None, list[Quantity] | None]:
         """What is decided without enclosures: NaN, infinite logits, zero labels, and
         rows whose softmax is rational. None where an enclosure is needed."""
-        x, C, s = self.x, len(self.x), self.s
+        x, C, s = self.kinds, len(self.x), self.s
         zeros: list[Quantity] = [Fraction(0)] * C
         if np.isnan(x).any():
             return NAN, [NAN] * C
@@ -117,15 +119,15 @@ class Softmax:
     def exact_part(self) -> Fraction:
         """D = sum_i y_i (m - x_i) over the labelled classes, exactly."""
         m = Fraction(self.m)
-        return sum((self.y[i] * (m - Fraction(float(self.x[i]))) for i in self.labelled),
+        return sum((self.y[i] * (m - Fraction(self.x[i])) for i in self.labelled),
                    Fraction(0))  # fmt: skip
 
     def __call__(self, prec: int) -> tuple[Quantity, list[Quantity]]:
         if self.fixed_value is not None and self.fixed_grads is not None:
             return self.fixed_value, self.fixed_grads
         x, y, n, s = self.x, self.y, self.ties.size, self.s
-        m = to_mpf(self.m)
-        exps = {int(i): E.exp(E.exact_sub(to_mpf(x[i]), m), prec) for i in self.others}
+        m = exact_mpf(self.m)
+        exps = {int(i): E.exp(E.exact_sub(exact_mpf(x[i]), m), prec) for i in self.others}
         T = E.interval_sum(list(exps.values()), prec)  # the classes below the maximum
         Yr = E.enclose(self.Y, prec)
         log_sum = E.log1p(E.add(E.point(libmp.from_int(n - 1)), T, prec), prec)  # log(n + T)
@@ -168,7 +170,7 @@ class Softmax:
         range matters, not the last digits)."""
         C = len(self.x)
         nan_grads = [NAN] * len(grads)
-        if np.isnan(self.x).any() or (self.x == INF).any() or self.m == -INF:
+        if np.isnan(self.kinds).any() or (self.kinds == INF).any() or self.m == -INF:
             return NAN, nan_grads
         add, mul, div = _approx(libmp.mpf_add), _approx(libmp.mpf_mul), _approx(libmp.mpf_div)
         sub = _approx(libmp.mpf_sub)
@@ -179,8 +181,8 @@ class Softmax:
                 out = add(out, v)
             return out
 
-        m = to_mpf(self.m)
-        x = {int(i): to_mpf(self.x[i]) for i in np.flatnonzero(np.isfinite(self.x))}
+        m = exact_mpf(self.m)
+        x = {int(i): exact_mpf(self.x[i]) for i in np.flatnonzero(np.isfinite(self.kinds))}
         e = {i: libmp.mpf_exp(libmp.mpf_sub(xi, m, 53), 53) for i, xi in x.items()}
         rest = total(v for i, v in e.items() if i != self.k)  # S
         norm = add(E.ONE, rest)  # 1 + S
@@ -214,6 +216,20 @@ class Softmax:
                 n = add(add(n, mul(p[i], sub(Y, y[i]))), mul(y[i], q[i]))
             kappas.append(ratio(CTX.make_mpf(libmp.mpf_abs(n)), midpoint(grads[i])))
         return kappa, kappas
+
+
+def _kinds(x: np.ndarray) -> np.ndarray:
+    """Logits as float64 for telling NaN and infinities apart: ``x`` itself, or for exact
+    logits (an object array of dyadic Fractions and non-finite floats) 0.0 where finite."""
+    if x.dtype != object:
+        return x
+    return np.array([v if isinstance(v, float) else 0.0 for v in x], dtype=np.float64)
+
+
+def exact_mpf(v: float | Fraction) -> tuple:
+    """The exact value of a logit (a binary float or a dyadic Fraction) as a raw mpmath
+    number."""
+    return E.to_raw(v) if isinstance(v, Fraction) else to_mpf(v)
 
 
 class Capped:

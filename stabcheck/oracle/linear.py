@@ -1,0 +1,301 @@
+"""Linear cross-entropy: the softmax cross-entropy of the logits x = h W^T + b, computed
+exactly from the hidden states h (N x D), the classifier W (V x D) and the bias b (V).
+
+Each finite logit is a sum of exact products of binary floats: a dyadic rational, found
+exactly (``logits``). Non-finite inputs follow IEEE rules (inf times 0 and +inf plus -inf
+are NaN; otherwise an infinite product makes the logit infinite); the softmax conventions
+of ``rowwise`` then apply to the logits. A row's loss is ``rowwise.Softmax`` on its exact
+logits (``LinearRow``). With G = dL/dx (N x V, one row per unit),
+
+    dL/dh = G W,    dL/dW = G^T h,    dL/db = sum_n G_n,
+
+each entry an exact sum of G's rational parts times exact inputs plus an enclosed sum of
+its transcendental parts (``gradients``), divided by the reduction's denominator and
+rounded once, the precision raised until every entry's rounding is certain.
+
+Condition numbers are componentwise with respect to h, W and b (labels and options are
+exact data), from float64 approximations: for a row's loss
+``(sum_d |h_d| |dL/dh_d| + sum_v |G_v| (sum_d |W_vd h_d| + |b_v|)) / L``, and for a
+gradient entry the first-order bound of its change, each logit x_v moved by at most
+``a_v = sum_d |W_vd h_d| + |b_v|`` times eps, over its magnitude. z-loss is left out of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from stabcheck.case import Case
+from stabcheck.losses import LabelKind
+from stabcheck.oracle import enclosure as E
+from stabcheck.oracle import options
+from stabcheck.oracle.enclosure import Quantity, midpoint
+from stabcheck.oracle.rowwise import Softmax
+
+NAN, INF = math.nan, math.inf
+
+
+def logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """h W^T + b exactly: an N x V object array of dyadic Fractions, and floats where an
+    input is not finite (IEEE rules)."""
+    h, W = np.atleast_2d(np.asarray(h, np.float64)), np.asarray(W, np.float64)
+    out = np.empty((h.shape[0], W.shape[0]), dtype=object)
+    H, hq = _integers(h)
+    M, wq = _integers(W)
+    dots = H.dot(M.T)
+    bias = [Fraction(0)] * W.shape[0] if b is None else [
+        Fraction(float(v)) if math.isfinite(v) else float(v) for v in np.asarray(b, np.float64)
+    ]  # fmt: skip
+    finite_h, finite_w = np.isfinite(h).all(axis=1), np.isfinite(W).all(axis=1)
+    for n in range(h.shape[0]):
+        for v in range(W.shape[0]):
+            if finite_h[n] and finite_w[v] and isinstance(bias[v], Fraction):
+                out[n, v] = Fraction(dots[n, v], hq[n] * wq[v]) + bias[v]
+            else:
+                out[n, v] = _ieee(h[n], W[v], bias[v])
+    return out
+
+
+def _integers(a: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Each row of ``a`` as Python integers over one power of two (non-finite rows as 0)."""
+    rows, scales = [], []
+    for row in a:
+        ratios = [float(v).as_integer_ratio() if math.isfinite(v) else (0, 1) for v in row]
+        q = max(d for _, d in ratios)
+        rows.append([p * (q // d) for p, d in ratios])
+        scales.append(q)
+    return np.array(rows, dtype=object).reshape(a.shape), scales
+
+
+def _ieee(h: np.ndarray, w: np.ndarray, bias: Fraction | float) -> float:
+    """A logit with a non-finite input, by IEEE rules: the products with a non-finite
+    factor (inf times 0 is NaN) and the bias decide; the finite rest cannot change an
+    infinite or NaN sum (+inf plus -inf is NaN)."""
+    wild = ~(np.isfinite(h) & np.isfinite(w))
+    with np.errstate(invalid="ignore"):
+        terms = [float(p) for p in h[wild] * w[wild]]
+    terms += [bias] if isinstance(bias, float) else []
+    if any(math.isnan(t) for t in terms) or len(set(terms)) > 1:
+        return NAN
+    return terms[0]
+
+
+class LinearRow(Softmax):
+    """One row's loss: ``Softmax`` on the row's exact logits h_n W^T + b; its condition
+    number is taken with respect to h_n, W and b (see the module docstring)."""
+
+    def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None, y: Any,
+                 grad: bool, soft: bool, z_loss: float = 0.0) -> None:  # fmt: skip
+        super().__init__(logits(h, W, b)[0], y, grad, soft, z_loss)
+        self.inputs = (h, W, b)
+
+    def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
+        h, W, b = (None if a is None else np.asarray(a, np.float64) for a in self.inputs)
+        targets = np.array([float(v) for v in self.y])
+        approx = _Approx(np.atleast_2d(h), W, b, targets[None, :])
+        kappa = approx.value_condition()[0]
+        value = float(midpoint(value)) if not isinstance(value, float) else value
+        loss = abs(value)
+        kappa = kappa / loss if loss else (0.0 if kappa == 0 else INF)
+        return (kappa if math.isfinite(value) else NAN), []
+
+
+class _Approx:
+    """float64 approximations for condition numbers: logits, softmax, G = B p - y and
+    a = |h| |W|^T + |b|, the bound of each logit's change per unit of relative error."""
+
+    def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None,
+                 y: np.ndarray) -> None:  # fmt: skip
+        with np.errstate(all="ignore"):
+            x = h @ W.T + (0.0 if b is None else b)
+            shifted = x - x.max(axis=1, keepdims=True)
+            e = np.exp(shifted)
+            self.p = e / e.sum(axis=1, keepdims=True)
+            self.G = y.sum(axis=1, keepdims=True) * self.p - y
+            self.a = np.abs(h) @ np.abs(W).T + (0.0 if b is None else np.abs(b))
+            self.B = y.sum(axis=1, keepdims=True)
+        self.h, self.W, self.b = h, W, b
+
+    def value_condition(self) -> np.ndarray:
+        """Per row, sum_d |h_d dL/dh_d| + sum_v |G_v| a_v (before dividing by L)."""
+        with np.errstate(all="ignore"):
+            gh = self.G @ self.W
+            return (np.abs(self.h) * np.abs(gh)).sum(axis=1) + (np.abs(self.G) * self.a).sum(1)
+
+    def gradient_numerators(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """First-order bounds of the change of dL/dh, dL/dW, dL/db per unit of relative
+        error in every input: |dG| <= B p (a + sum_u p_u a_u), then |dG| |W| + |G| |dW|."""
+        with np.errstate(all="ignore"):
+            dG = self.B * self.p * (self.a + (self.p * self.a).sum(axis=1, keepdims=True))
+            absG, absW, absh = np.abs(self.G), np.abs(self.W), np.abs(self.h)
+            dh = dG @ absW + absG @ absW
+            dW = dG.T @ absh + absG.T @ absh
+            db = dG.sum(axis=0) + absG.sum(axis=0)
+        return dh, dW, db
+
+
+def _divide(numerator: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """|numerator / value|: 0/0 is 0, x/0 is inf, NaN where the value is not finite."""
+    with np.errstate(all="ignore"):
+        out = np.abs(numerator / value)
+    out[(value == 0) & (numerator == 0)] = 0.0
+    out[~np.isfinite(value)] = NAN
+    return out
+
+
+def row_unit(case: Case, i: int, grad: bool) -> LinearRow:
+    """The oracle unit of row ``i`` of a linear case."""
+    return LinearRow(case.predictions[i : i + 1].astype(np.float64),
+                     case.operands["linear_weight"].astype(np.float64), _bias(case),
+                     options.row_targets(case, i), grad, case.loss.labels is not LabelKind.SPARSE,
+                     case.param("z_loss") or 0.0)  # fmt: skip
+
+
+def _key(x: Fraction | float) -> Fraction | str:
+    """A logit as a dictionary key (NaN equal to itself)."""
+    return repr(x) if isinstance(x, float) else x
+
+
+def _sum_exact(values: np.ndarray) -> Fraction | float:
+    """The exact sum of binary floats (IEEE where one is not finite)."""
+    if not np.isfinite(values).all():
+        with np.errstate(all="ignore"):
+            return float(np.sum(values))
+    return sum((Fraction(float(v)) for v in values), Fraction(0))
+
+
+def _bias(case: Case) -> np.ndarray | None:
+    b = case.operands.get("linear_bias")
+    return None if b is None else b.astype(np.float64)
+
+
+def _exact(values: np.ndarray) -> list[Fraction | float]:
+    """Binary floats as exact Fractions, non-finite ones as they are."""
+    return [Fraction(float(v)) if math.isfinite(v) else float(v) for v in values]
+
+
+def _dot(qs: Sequence[Quantity], ws: Sequence[Fraction | float], prec: int) -> Quantity:
+    """sum_i q_i w_i for quantities q and exact weights w: exact where every q is rational,
+    enclosed otherwise; IEEE rules where a term is not finite."""
+    if any(isinstance(v, float) for v in (*qs, *ws)):
+        with np.errstate(all="ignore"):
+            terms = [float(midpoint(q)) * float(w) for q, w in zip(qs, ws)]
+            return float(np.sum(terms))
+    exact, intervals = Fraction(0), []
+    for q, w in zip(qs, ws):
+        if not w:
+            continue
+        if isinstance(q, Fraction):
+            exact += q * w
+        else:
+            intervals.append(E.smul(q, E.enclose(w, prec), prec))
+    if not intervals:
+        return exact
+    return E.add(E.enclose(exact, prec), E.interval_sum(intervals, prec), prec)
+
+
+def _shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float]],
+                prec: int) -> list[Quantity]:  # fmt: skip
+    """dL/dh of one row, sum_v G_v W_vd for each d, exactly where it is rational.
+
+    Classes with equal logits share one share S = Y p (their G_v = S - y_v differ by exact
+    label terms) and, without z-loss, n_g shares of the groups g sum to Y. So
+
+        sum_v G_v W_vd = sum_g S_g (W_gd - n_g c_d) + Y c_d - sum_v y_v W_vd,
+
+    with W_gd the group's sum and c_d = W_gd / n_g of the largest logit's group. Shares of
+    distinct logits are linearly independent over the rationals (Lindemann-Weierstrass),
+    so a rational result has every coefficient W_gd - n_g c_d zero: found exactly, where
+    intervals alone never narrow to a point."""
+    columns = list(zip(*W))
+    rational = all(isinstance(g, Fraction) for g in G)
+    special = any(isinstance(x, float) and x != -INF for x in unit.x)
+    if unit.s or rational or special or any(isinstance(g, float) for g in G):
+        return [_dot(G, column, prec) for column in columns]
+    groups: dict[Fraction, list[int]] = {}  # -inf logits (p = 0, G = -y) in none
+    for v, x in enumerate(unit.x):
+        if x != -INF:
+            groups.setdefault(x, []).append(v)
+    top = groups[unit.m]
+    shares = {x: _plus(G[v[0]], unit.y[v[0]], prec) for x, v in groups.items()}
+    out = []
+    for column in columns:
+        sums = {x: sum((column[v] for v in members), Fraction(0)) for x, members in groups.items()}
+        c = sums[unit.m] / len(top)
+        labels = sum((y * w for y, w in zip(unit.y, column) if y), Fraction(0))
+        coefficients = [sums[x] - len(members) * c for x, members in groups.items()]
+        total = _dot(list(shares.values()), coefficients, prec)
+        out.append(_plus(total, unit.Y * c - labels, prec))
+    return out
+
+
+def _plus(q: Quantity, r: Fraction, prec: int) -> Quantity:
+    """q + r for a finite quantity q and an exact r."""
+    if isinstance(q, Fraction):
+        return q + r
+    return E.add(q, E.enclose(r, prec), prec) if r else q
+
+
+def gradients(case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """dL/dh, dL/dW and dL/db of a linear case (unreduced: of the sum of the rows' losses;
+    reduced: of the reduced loss), each as (correctly rounded values, condition numbers,
+    64-bit exact approximations), keyed ``predictions``, ``linear_weight``, ``linear_bias``
+    (the last only when the case has a bias).
+
+    dL/dh is ``_shares_dot`` per row; dL/dW and dL/db sum over rows, and rows with equal
+    logits and targets (equal G) are summed first (their h exactly), so that equal and
+    opposite rows cancel exactly. Then each entry is divided by the reduction's
+    denominator."""
+    h = case.predictions.astype(np.float64)
+    W = case.operands["linear_weight"].astype(np.float64)
+    b = _bias(case)
+    N, V = h.shape[0], W.shape[0]
+    skip = options.ignored(case)
+    units = {n: row_unit(case, n, True) for n in range(N) if not skip[n]}
+    d, no_nan = options.denominator(case) if case.reduced else (Fraction(1), False)
+    exact_W = [_exact(row) for row in W]
+    groups: dict[tuple, list[int]] = {}  # rows with equal logits and targets
+    for n, unit in units.items():
+        key = (tuple(map(_key, unit.x)), tuple(unit.y))
+        groups.setdefault(key, []).append(n)
+    members = list(groups.values())
+    summed_h = [[_sum_exact(h[rows, j]) for j in range(h.shape[1])] for rows in members]
+
+    def evaluate(prec: int) -> list[Quantity]:
+        G = {n: unit(prec)[1] for n, unit in units.items()}
+        out = []
+        for n in range(N):
+            row = [Fraction(0)] * h.shape[1] if skip[n] else _shares_dot(units[n], G[n],
+                                                                          exact_W, prec)
+            out += row
+        first = [G[rows[0]] for rows in members]
+        for v in range(V):
+            column = [g[v] for g in first]
+            out += [_dot(column, [s[j] for s in summed_h], prec) for j in range(h.shape[1])]
+        if b is not None:
+            counts = [Fraction(len(rows)) for rows in members]
+            out += [_dot([g[v] for g in first], counts, prec) for v in range(V)]
+        return [options.divide(q, d, no_nan, prec) for q in out]
+
+    pairs = E.certify_all(evaluate, case.format)
+    y = np.array([[0.0] * V if skip[n] else [float(t) for t in options.row_targets(case, n)]
+                  for n in range(N)])  # fmt: skip
+    numerators = _Approx(h, W, b, y).gradient_numerators()
+    shapes = {"predictions": h.shape, "linear_weight": W.shape, "linear_bias": (V,)}
+    names = [name for name in shapes if name != "linear_bias" or b is not None]
+    out, start = {}, 0
+    for name, numerator in zip(names, numerators):
+        size = math.prod(shapes[name])
+        chunk = pairs[start : start + size]
+        start += size
+        values = np.array([v for v, _ in chunk], dtype=np.float64).reshape(shapes[name])
+        exacts = np.array([midpoint(q) for _, q in chunk], dtype=object).reshape(shapes[name])
+        approx = np.array([float(e) for e in exacts.ravel()]).reshape(shapes[name])
+        with np.errstate(all="ignore"):
+            scaled = numerator / float(d) if d else numerator
+        out[name] = (values, _divide(scaled, approx), exacts)
+    return out
