@@ -308,6 +308,10 @@ class _Ctx:
         return self.spec.inputs is InputKind.LOGITS
 
     @property
+    def linear(self) -> bool:
+        return self.spec.inputs is InputKind.HIDDEN
+
+    @property
     def sparse(self) -> bool:
         return self.spec.labels is LabelKind.SPARSE
 
@@ -803,6 +807,55 @@ def _smoothing_row(draw: Any, c: _Ctx) -> Arrays:
     return row.reshape(1, n), _array(c.fmt, labels).reshape(1, n), {}
 
 
+def _linear_inputs(draw: Any, c: _Ctx, scale: float = 1.0) -> tuple[np.ndarray, ...]:
+    """h (rows x D), W (V x D) and sometimes b (V) with moderate entries (|h| <= 4,
+    |W| <= scale, |b| <= 1), D from 1 to 16, V from 2 to max_classes."""
+    rows, classes = c.shape(draw, min_classes=2)
+    features = draw(st.integers(1, 16))
+    h = c.values(draw, format_values(c.fmt, -4.0, 4.0), rows * features)
+    W = c.values(draw, format_values(c.fmt, -scale, scale), classes * features)
+    h, W = np.reshape(h, (rows, features)), np.reshape(W, (classes, features))
+    b = np.asarray(c.values(draw, format_values(c.fmt, -1.0, 1.0), classes))
+    return h, W, b if draw(st.booleans()) else None
+
+
+def _linear_case(draw: Any, c: _Ctx, h: Any, W: Any, b: Any) -> Arrays:
+    params = {"linear_weight": _array(c.fmt, W)}
+    if b is not None:
+        params["linear_bias"] = _array(c.fmt, b)
+    return _array(c.fmt, h), _labels(draw, c, len(h), len(W)), params
+
+
+def _fill_linear(draw: Any, c: _Ctx) -> Arrays:
+    return _linear_case(draw, c, *_linear_inputs(draw, c))
+
+
+def _fill_confident(draw: Any, c: _Ctx) -> Arrays:
+    """A confident model: W and h scaled up together (||h|| ||W|| large), so the logits'
+    spread reaches from p ln 2 to past exp underflow in the format."""
+    h, W, b = _linear_inputs(draw, c)
+    reach = saturation_thresholds(c.fmt)["exp_underflow"]
+    scale = draw(st.floats(1.0, max(2.0, math.sqrt(4 * reach))))
+    return _linear_case(draw, c, h * scale, W * scale, b)
+
+
+def _fill_padded(draw: Any, c: _Ctx) -> Arrays:
+    """Padded vocabulary rows: the last rows of W are zeros or copies of real rows, masked
+    by a bias of -inf, so they must carry no probability; labels on the real rows."""
+    h, W, b = _linear_inputs(draw, c)
+    V = len(W)
+    pad = draw(st.integers(1, V - 1))
+    if draw(st.booleans()):
+        W[V - pad :] = 0.0
+    bias = np.zeros(V) if b is None else b.astype(np.float64)
+    bias[V - pad :] = -INF
+    labels = _labels(draw, c, len(h), V - pad)
+    if not c.sparse:  # zero labels on the padding
+        labels = _array(c.fmt, np.pad(labels.astype(np.float64), ((0, 0), (0, pad))))
+    return _array(c.fmt, h), labels, {"linear_weight": _array(c.fmt, W),
+                                      "linear_bias": _array(c.fmt, bias)}  # fmt: skip
+
+
 def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
     """The fill of the regime of option ``name``: moderate or saturating inputs (up to 128
     rows for reductions) and the option drawn as a kernel meets it, now and then with the
@@ -811,9 +864,11 @@ def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
     def fill(draw: Any, c: _Ctx) -> Arrays:
         if name == "reduction":
             c = _Ctx(c.spec, c.fmt, draw(st.sampled_from((c.max_rows, 16, 128))), c.max_classes)
-        base = draw(st.sampled_from((_fill_moderate, _fill_saturating)))
+        bases = (_fill_linear, _fill_confident) if c.linear else (_fill_moderate, _fill_saturating)
+        base = draw(st.sampled_from(bases))
         wide = name == "label_smoothing" and c.rowwise and c.logits and draw(st.integers(0, 3)) == 3
         preds, labels, params = _smoothing_row(draw, c) if wide else base(draw, c)
+        classes = params["linear_weight"].shape[0] if c.linear else preds.shape[-1]
         options = {name}
         if draw(st.booleans()):
             options |= _COMPANIONS.get(name, set())
@@ -822,7 +877,7 @@ def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
             if spec.kind is ParamKind.INDEX:
                 preds, labels, params[option] = _ignore(draw, c, preds, labels)
             elif spec.kind is ParamKind.VECTOR:
-                params[option] = _class_weights(draw, c.fmt, preds.shape[-1])
+                params[option] = _class_weights(draw, c.fmt, classes)
             elif spec.kind is ParamKind.CHOICE:
                 params[option] = draw(st.sampled_from(spec.draws))
             else:
@@ -853,8 +908,13 @@ def _option_regimes() -> tuple[Regime, ...]:
 # -- the registry --------------------------------------------------------------------------------
 
 
-def _everywhere(spec: LossSpec) -> bool:
-    return True
+def _textbook(spec: LossSpec) -> bool:
+    """The losses on logits or probabilities (not the linear ones, which draw h, W, b)."""
+    return spec.inputs is not InputKind.HIDDEN
+
+
+def _linear(spec: LossSpec) -> bool:
+    return spec.inputs is InputKind.HIDDEN
 
 
 @dataclass(frozen=True)
@@ -867,7 +927,7 @@ class Regime:
 
     name: str
     description: str
-    applies: Callable[[LossSpec], bool] = field(default=_everywhere, repr=False)
+    applies: Callable[[LossSpec], bool] = field(default=_textbook, repr=False)
     min_classes: int = 1
     fill: Callable[[Any, _Ctx], Arrays] | None = field(default=None, repr=False, compare=False)
     searched: bool = True  # whether the audit's targeted search runs on it
@@ -930,7 +990,7 @@ REGIMES: tuple[Regime, ...] = (
         "non-sparse losses: soft labels with zeros, 1 - 2**-k, a few ulps below 1, rows not "
         "summing to one, all-zero rows; binary losses: soft targets in [0, 1] against "
         "moderate or saturating predictions.",
-        applies=lambda spec: spec.labels is not LabelKind.SPARSE,
+        applies=lambda spec: spec.labels is not LabelKind.SPARSE and _textbook(spec),
         min_classes=2,
         fill=_fill_soft_labels,
     ),
@@ -939,7 +999,7 @@ REGIMES: tuple[Regime, ...] = (
         "rowwise losses: one row of 32,768 to 131,072 classes, one to n/2 dominant classes, "
         "many -inf logits (zero probabilities), the true class at varied positions; "
         "ignores max_rows and max_classes.",
-        applies=lambda spec: spec.rowwise,
+        applies=lambda spec: spec.rowwise and _textbook(spec),
         fill=_fill_wide,
         searched=False,
     ),
@@ -949,6 +1009,30 @@ REGIMES: tuple[Regime, ...] = (
         "subnormals, tiny, 1 - eps/2, 1, 1 + eps, near max) with moderate or saturating logits.",
         applies=lambda spec: "pos_weight" in spec.params,
         fill=_fill_pos_weight,
+    ),
+    Regime(
+        "linear",
+        "linear losses: hidden states |h| <= 4 and classifier |W| <= 1 of the format (D from "
+        "1 to 16 features, V from 2 to max_classes classes), a bias |b| <= 1 half the time.",
+        applies=_linear,
+        min_classes=2,
+        fill=_fill_linear,
+    ),
+    Regime(
+        "confident",
+        "linear losses: h and W of the linear regime scaled up together, so logits spread "
+        "from p ln 2 to past exp underflow (a confident model: the loss underflows toward 0).",
+        applies=_linear,
+        min_classes=2,
+        fill=_fill_confident,
+    ),
+    Regime(
+        "padded",
+        "linear losses: the last rows of W padding (zeros or copies of real rows) masked by a "
+        "bias of -inf: they must carry no probability; labels on the real rows.",
+        applies=_linear,
+        min_classes=2,
+        fill=_fill_padded,
     ),
 )
 REGIMES += _option_regimes()

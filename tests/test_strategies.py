@@ -37,27 +37,34 @@ EXAMPLES = {"wide": 4, "pos_weight": 60, "infinite": 50}
 DEFAULT_EXAMPLES = 25
 
 LOGIT_ROWWISE = {"softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits"}
-ROWWISE = {spec.name for spec in map(get_loss, loss_names()) if spec.rowwise}
-NON_SPARSE = {n for n in loss_names() if get_loss(n).labels is not LabelKind.SPARSE}
+LINEAR = {"linear_cross_entropy", "soft_linear_cross_entropy"}
+TEXTBOOK = set(loss_names()) - LINEAR
+ROWWISE = {spec.name for spec in map(get_loss, loss_names()) if spec.rowwise} - LINEAR
+NON_SPARSE = {n for n in TEXTBOOK if get_loss(n).labels is not LabelKind.SPARSE}
 EXPECTED_APPLIES = {
-    "moderate": set(loss_names()),
-    "saturating": set(loss_names()),
-    "tiny": set(loss_names()),
-    "infinite": set(loss_names()),
-    "dominant": set(loss_names()),
+    "moderate": TEXTBOOK,
+    "saturating": TEXTBOOK,
+    "tiny": TEXTBOOK,
+    "infinite": TEXTBOOK,
+    "dominant": TEXTBOOK,
     "offset": LOGIT_ROWWISE,
     "soft_labels": NON_SPARSE,
     "wide": ROWWISE,
     "pos_weight": {"weighted_cross_entropy_with_logits"},
     "label_smoothing": {"binary_crossentropy", "categorical_crossentropy",
-                        "sigmoid_cross_entropy_with_logits", *LOGIT_ROWWISE},
-    "weight": {"categorical_crossentropy", "sparse_categorical_crossentropy", *LOGIT_ROWWISE},
-    "ignore_index": {"sparse_categorical_crossentropy", "sparse_softmax_cross_entropy_with_logits"},
-    "z_loss": LOGIT_ROWWISE,
+                        "sigmoid_cross_entropy_with_logits", *LOGIT_ROWWISE, *LINEAR},
+    "weight": {"categorical_crossentropy", "sparse_categorical_crossentropy", *LOGIT_ROWWISE,
+               *LINEAR},
+    "ignore_index": {"sparse_categorical_crossentropy", "sparse_softmax_cross_entropy_with_logits",
+                     "linear_cross_entropy"},
+    "z_loss": LOGIT_ROWWISE | LINEAR,
     "softcap": LOGIT_ROWWISE,
     "alpha": {"sigmoid_focal_loss"},
     "gamma": {"sigmoid_focal_loss"},
     "reduction": set(loss_names()),
+    "linear": LINEAR,
+    "confident": LINEAR,
+    "padded": LINEAR,
 }
 OPTION_REGIMES = ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "alpha",
                   "gamma", "reduction")  # fmt: skip
@@ -214,6 +221,11 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
     assert (case.loss.name, case.format.name, case.regime) == (loss, fmt_name, regime)
     assert case.predictions.dtype == fmt.dtype
     assert exact(fmt, case.predictions)
+    rows = (case.predictions.shape[0], case.classes)
+    assert set(case.operands) == ({"linear_weight"} | ({"linear_bias"} & set(case.operands))
+                                  if spec.operands else set())  # fmt: skip
+    for operand in case.operands.values():
+        assert operand.dtype == fmt.dtype and exact(fmt, operand)
     kept = np.ones(case.predictions.shape[0], dtype=bool)
     if "ignore_index" in case.params:
         kept = case.labels != case.params["ignore_index"]
@@ -222,9 +234,10 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
         assert case.labels.dtype == np.int64
         assert case.labels.shape == case.predictions.shape[:1]
         labels = case.labels[kept]
-        assert ((labels >= 0) & (labels < case.predictions.shape[1])).all()
+        assert ((labels >= 0) & (labels < case.classes)).all()
     else:
-        assert case.labels.dtype == fmt.dtype and case.labels.shape == case.predictions.shape
+        shape = rows if spec.rowwise else case.predictions.shape
+        assert case.labels.dtype == fmt.dtype and case.labels.shape == shape
         assert exact(fmt, case.labels)
         labels = f64(case.labels)
         assert ((labels >= 0) & (labels <= 1)).all()
@@ -245,7 +258,7 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
             assert fmt.contains(value) and param.low <= value <= param.high
             assert value > param.low or not param.open_low
         elif param.kind is ParamKind.VECTOR:
-            assert value.dtype == fmt.dtype and value.shape == case.predictions.shape[-1:]
+            assert value.dtype == fmt.dtype and value.shape == (case.classes,)
             assert (f64(value) >= 0).all() and np.isfinite(f64(value)).all()
         elif param.kind is ParamKind.CHOICE:
             assert value in param.choices and value != param.default
@@ -253,7 +266,9 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
         assert case.predictions.shape[0] == 1
         assert 2**15 <= case.predictions.shape[1] <= 2**17
     elif regime == "reduction":
-        assert case.predictions.shape[0] <= 128 and case.predictions.shape[-1] <= 8
+        assert case.predictions.shape[0] <= 128 and case.classes <= 8
+    elif spec.operands:
+        assert rows[0] <= 3 and rows[1] <= 8 and case.predictions.shape[1] <= 16
     elif regime == "label_smoothing" and case.predictions.shape[-1] > 8:
         assert case.predictions.shape[0] == 1 and 7357 <= case.predictions.shape[-1] <= 8192
     else:
@@ -499,6 +514,32 @@ def check_options(found, spec, fmt) -> None:
         assert max(c.predictions.shape[0] for c in found) > 3
 
 
+def check_linear(found, spec, fmt):
+    """Varied shapes, with and without a bias; confident logits reach past exp underflow
+    in the low formats; padded classes carry -inf biases and no labels."""
+    assert len({(c.predictions.shape, c.classes) for c in found}) > 2
+    regime = found[0].regime
+    if regime == "linear":
+        assert any("linear_bias" in c.operands for c in found)
+        assert any("linear_bias" not in c.operands for c in found)
+        for c in found:
+            assert (np.abs(f64(c.predictions)) <= 4).all()
+            assert (np.abs(f64(c.operands["linear_weight"])) <= 1).all()
+    if regime == "confident" and fmt.name in ("float16", "bfloat16"):
+        spread = [np.ptp(f64(c.predictions) @ f64(c.operands["linear_weight"]).T, axis=1).max()
+                  for c in found]  # fmt: skip
+        assert max(spread) > saturation_thresholds(fmt)["exp_underflow"]
+    if regime == "padded":
+        for c in found:
+            bias = f64(c.operands["linear_bias"])
+            pad = np.isneginf(bias)
+            assert pad.any() and pad[-1] and not pad[0]
+            if spec.labels is LabelKind.SPARSE:
+                assert not pad[c.labels].any()
+            else:
+                assert (f64(c.labels)[:, pad] == 0).all()
+
+
 CHECKS = {
     "moderate": check_moderate,
     "saturating": check_saturating,
@@ -510,6 +551,7 @@ CHECKS = {
     "wide": check_wide,
     "pos_weight": check_pos_weight,
     **dict.fromkeys(OPTION_REGIMES, check_options),
+    **dict.fromkeys(("linear", "confident", "padded"), check_linear),
 }
 
 
