@@ -654,7 +654,9 @@ def _rows(
         "origin": origin,
         "case_id": case.id,
     }
-    quantities = ["value", "gradient"] if config.grad and impl.differentiable else ["value"]
+    quantities = ["value"]
+    if config.grad and impl.differentiable:
+        quantities += ["gradient", *map(operand_quantity, case.operands)]
 
     def note(status: str) -> str:
         documented = impl.documented.get(status)
@@ -668,14 +670,26 @@ def _rows(
 
     for m in measure(exact, outcome.values, max_ulps=config.max_ulps):
         yield {**base, **_columns(m), "quantity": "value", "note": note(m.status)}
+    gradients: dict[str, tuple[bool | str, Any]] = {}
     if outcome.gradient is not None:
-        measured = measure(exact, outcome.gradient, gradient=True, max_ulps=config.max_ulps)
+        gradients["gradient"] = (True, outcome.gradient)
+    for name, array in outcome.operands.items():
+        gradients[operand_quantity(name)] = (name, array)
+    for quantity, (towards, array) in gradients.items():
+        measured = measure(exact, array, gradient=towards, max_ulps=config.max_ulps)
         for m in _worst_per_unit(measured, case):
-            yield {**base, **_columns(m), "quantity": "gradient", "note": note(m.status)}
+            yield {**base, **_columns(m), "quantity": quantity, "note": note(m.status)}
+
+
+def operand_quantity(name: str) -> str:
+    """The ``quantity`` of the rows that measure the gradient with respect to operand
+    ``name`` (``gradient`` alone is with respect to the predictions)."""
+    return f"gradient[{name}]"
 
 
 def _worst_per_unit(rows: list[Measurement], case: Case) -> list[Measurement]:
-    """The worst gradient element of each row (rowwise) or each element."""
+    """The worst gradient element of each row (rowwise; of W: each class) or each
+    element."""
     units: dict[tuple[int, ...], Measurement] = {}
     for m in rows:
         unit = m.index[:1] if case.loss.rowwise else m.index

@@ -100,18 +100,27 @@ def bits_of_error(ulps: float) -> float:
 def measure(
     result: OracleResult,
     got: Any,
-    gradient: bool = False,
+    gradient: bool | str = False,
     max_ulps: float = DEFAULT_MAX_ULPS,
 ) -> list[Measurement]:
-    """Measure every element of ``got`` (the loss, or with ``gradient`` its gradient)."""
+    """Measure every element of ``got``: the loss; with ``gradient=True`` its gradient with
+    respect to the predictions; with ``gradient=name`` with respect to that operand."""
     if gradient:
         if result.gradient is None:
             raise InvalidArgument("gradient=True needs an oracle result computed with grad=True")
-        expected, exact, condition = (
-            result.gradient,
-            result.gradient_exact,
-            result.gradient_condition,
-        )
+        if isinstance(gradient, str):
+            if gradient not in result.operand_gradients:
+                raise InvalidArgument(
+                    f"gradient={gradient!r} is not an operand of this case; its operands: "
+                    f"{', '.join(result.operand_gradients) or 'none'}"
+                )
+            expected, condition, exact = result.operand_gradients[gradient]
+        else:
+            expected, exact, condition = (
+                result.gradient,
+                result.gradient_exact,
+                result.gradient_condition,
+            )
     else:
         expected, exact, condition = result.value, result.exact, result.condition
     got = np.asarray(got, dtype=np.float64)

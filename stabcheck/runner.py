@@ -20,8 +20,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ class Outcome:
     gradient: np.ndarray | None = None
     status: str = "ok"  # ok, error, timeout or unsupported
     note: str = ""
+    operands: Mapping[str, np.ndarray] = field(default_factory=dict)  # their gradients
 
 
 def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
@@ -66,7 +67,11 @@ def invoke(impl: Implementation, case: Case, grad: bool) -> Outcome:
     if returned.gradient is not None:
         gradient = _checked("gradient", returned.gradient, returned.gradient_dtype,
                             case.predictions.shape, case, notes)  # fmt: skip
-    return Outcome(values, gradient, note="; ".join(notes))
+    operands = {}
+    for name, (array, dtype) in returned.operands.items():
+        shape = case.operands[name].shape
+        operands[name] = _checked(f"gradient of {name}", array, dtype, shape, case, notes)
+    return Outcome(values, gradient, note="; ".join(notes), operands=operands)
 
 
 def _checked(

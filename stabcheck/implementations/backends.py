@@ -1,7 +1,8 @@
 """Array backends: a ``Case``'s inputs as numpy, torch, TensorFlow or JAX arrays of the
 case's format, the call, the gradient from the backend's own autodiff (of the summed
-loss with respect to the predictions), and the results back as float64 numpy arrays
-with the name of the dtype the backend returned.
+loss with respect to the predictions, and to the operands of the linear losses, which
+go in as keyword arguments), and the results back as float64 numpy arrays with the name
+of the dtype the backend returned.
 
 Frameworks are imported here only when a call needs them, through ``require``, which
 names the extra to install when one is missing.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +32,7 @@ class Returned(NamedTuple):
     values_dtype: str
     gradient: np.ndarray | None
     gradient_dtype: str | None
+    operands: Mapping[str, tuple[np.ndarray, str]] = {}  # name: (gradient, its dtype)
 
 
 def require(module: str) -> Any:
@@ -73,11 +75,28 @@ def options(case: Case, array: Callable[[np.ndarray], Any] = np.copy) -> dict[st
 
 
 def _numpy(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
-    values = fn(case.predictions.copy(), case.labels.copy(), **options(case))
-    gradient = None
-    if grad and grad_fn is not None:
-        gradient = grad_fn(case.predictions.copy(), case.labels.copy(), **options(case))
-    return Returned(*_back(values), *(_back(gradient) if gradient is not None else (None, None)))
+    """``grad_fn`` takes what ``fn`` takes and returns the gradient with respect to the
+    predictions, or for a loss with operands a dict of gradients keyed ``predictions`` and
+    each operand's name."""
+
+    def args() -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+        operands = {name: a.copy() for name, a in case.operands.items()}
+        return (case.predictions.copy(), case.labels.copy()), {**operands, **options(case)}
+
+    positional, keyword = args()
+    values = fn(*positional, **keyword)
+    if not (grad and grad_fn is not None):
+        return Returned(*_back(values), None, None)
+    positional, keyword = args()
+    gradient = grad_fn(*positional, **keyword)
+    if not case.operands:
+        return Returned(*_back(values), *_back(gradient))
+    if not isinstance(gradient, Mapping):
+        raise TypeError(f"the gradient function returned a {type(gradient).__name__}; for "
+                        f"{case.loss.name} it returns a dict keyed predictions, "
+                        f"{', '.join(case.operands)}")  # fmt: skip
+    operands = {name: _back(gradient[name]) for name in case.operands}
+    return Returned(*_back(values), *_back(gradient["predictions"]), operands)
 
 
 def _back(out: Any) -> tuple[np.ndarray, str]:
@@ -91,25 +110,34 @@ def _back(out: Any) -> tuple[np.ndarray, str]:
 def _torch(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
     torch = require("torch")
     dtype = getattr(torch, case.format.name)
-    x = torch.from_numpy(_wide(case.predictions)).to(dtype)
-    labels = (
-        torch.from_numpy(case.labels)
-        if case.labels.dtype.kind == "i"
-        else torch.from_numpy(_wide(case.labels)).to(dtype)
-    )
-    x.requires_grad_(grad)
-    out = fn(x, labels, **options(case, lambda a: torch.from_numpy(_wide(a)).to(dtype)))
+
+    def tensor(a: np.ndarray) -> Any:
+        return torch.from_numpy(_wide(a)).to(dtype)
+
+    x = tensor(case.predictions)
+    labels = torch.from_numpy(case.labels) if case.labels.dtype.kind == "i" else tensor(case.labels)
+    operands = {name: tensor(a) for name, a in case.operands.items()}
+    for t in (x, *operands.values()):
+        t.requires_grad_(grad)
+    out = fn(x, labels, **operands, **options(case, tensor))
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"returned {type(out).__name__}; expected a torch.Tensor")
-    gradient = None
     if grad:
         out.sum().backward()
-        gradient = x.grad
 
     def back(t: Any) -> tuple[np.ndarray, str]:
         return t.detach().to(torch.float64).numpy(), str(t.dtype).removeprefix("torch.")
 
-    return Returned(*back(out), *(back(gradient) if gradient is not None else (None, None)))
+    if not grad:
+        return Returned(*back(out), None, None)
+    grads = {name: _torch_grad(torch, t) for name, t in operands.items()}
+    return Returned(*back(out), *back(_torch_grad(torch, x)),
+                    {name: back(g) for name, g in grads.items()})  # fmt: skip
+
+
+def _torch_grad(torch: Any, t: Any) -> Any:
+    """``t.grad``, or zeros where nothing reached ``t`` (autograd leaves it None)."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
 def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
@@ -122,17 +150,22 @@ def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) ->
         else tf.cast(tf.constant(_wide(case.labels)), dtype)
     )
     params = options(case, lambda a: tf.cast(tf.constant(_wide(a)), dtype))
+    operands = {name: tf.cast(tf.constant(_wide(a)), dtype) for name, a in case.operands.items()}
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        out = fn(x, labels, **params)
+        tape.watch([x, *operands.values()])
+        out = fn(x, labels, **operands, **params)
         total = tf.reduce_sum(out)
-    gradient = tape.gradient(total, x) if grad else None
 
     def back(t: Any) -> tuple[np.ndarray, str]:
         t = tf.convert_to_tensor(t)
         return tf.cast(t, tf.float64).numpy(), t.dtype.name
 
-    return Returned(*back(out), *(back(gradient) if gradient is not None else (None, None)))
+    if not grad:
+        return Returned(*back(out), None, None)
+    gradient, *rest = tape.gradient(total, [x, *operands.values()],
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return Returned(*back(out), *back(gradient),
+                    {name: back(g) for name, g in zip(operands, rest)})  # fmt: skip
 
 
 def _jax(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
@@ -147,16 +180,23 @@ def _jax(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Return
         x = jnp.asarray(case.predictions)
         labels = jnp.asarray(case.labels)
         params = options(case, jnp.asarray)
-        out = fn(x, labels, **params)
-        gradient = None
-        if grad:
-            gradient = jax.grad(lambda v: jnp.sum(fn(v, labels, **params)))(x)
+        operands = {name: jnp.asarray(a) for name, a in case.operands.items()}
+        out = fn(x, labels, **operands, **params)
 
         def back(t: Any) -> tuple[np.ndarray, str]:
             array = np.asarray(t)
             return array.astype(np.float64), array.dtype.name
 
-        return Returned(*back(out), *(back(gradient) if gradient is not None else (None, None)))
+        if not grad:
+            return Returned(*back(out), None, None)
+
+        def total(inputs: dict[str, Any]) -> Any:
+            rest = {k: v for k, v in inputs.items() if k != "predictions"}
+            return jnp.sum(fn(inputs["predictions"], labels, **rest, **params))
+
+        grads = jax.grad(total)({"predictions": x, **operands})
+        return Returned(*back(out), *back(grads["predictions"]),
+                        {name: back(grads[name]) for name in operands})  # fmt: skip
 
 
 def _wide(array: np.ndarray) -> np.ndarray:

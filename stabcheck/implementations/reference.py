@@ -660,12 +660,21 @@ class _Family:
         """The dtype it computes in."""
         return dtype
 
-    def total(self, values: Array) -> Any:
-        return values.sum()
+    def total(self, values: Array, axis: int | None = None) -> Any:
+        return values.sum(axis=axis)
 
     def mean(self, values: Array, d: Any) -> Any:
         """The sum of ``values`` over ``d``: summed, then divided."""
         return self.total(values) / d
+
+    def matmul(self, a: Array, b: Array) -> Array:
+        """``a @ b`` in the dtype it computes in (ml_dtypes' bfloat16 gives float32)."""
+        return (a @ b).astype(a.dtype, copy=False)
+
+    def logits(self, h: Array, W: Array, b: Array | None) -> Array:
+        """The linear losses' logits ``h W^T + b``."""
+        x = self.matmul(h, W.T)
+        return x if b is None else x + b
 
     def finish(self, out: Any, dtype: np.dtype) -> Array:
         """The result as an array of the input dtype."""
@@ -683,8 +692,25 @@ class _Accurate(_Family):
     def dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(_WIDE if dtype == np.float64 else np.float64)
 
-    def total(self, values: Array) -> Any:
-        return _sum_rows(values.reshape(1, -1))[0]
+    def total(self, values: Array, axis: int | None = None) -> Any:
+        if axis is None:
+            return _sum_rows(values.reshape(1, -1))[0]
+        return _sum_rows(np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis]))
+
+    def matmul(self, a: Array, b: Array) -> Array:
+        """Each entry a sum of products, summed with ``math.fsum`` (``_sum_rows``)."""
+        products = a[:, :, None] * b[None, :, :]  # (n, k, m): small shapes only
+        return _sum_rows(np.moveaxis(products, 1, -1).reshape(-1, a.shape[1])).reshape(
+            a.shape[0], b.shape[1]
+        )
+
+    def logits(self, h: Array, W: Array, b: Array | None) -> Array:
+        """``h W^T + b``, each logit summed exactly and rounded once (``math.fsum``)."""
+        products = h[:, None, :] * W[None, :, :]  # exact in the wide dtype for narrow inputs
+        if b is not None:
+            products = np.concatenate([products, np.broadcast_to(b[None, :, None],
+                                                                 (*products.shape[:2], 1))], -1)
+        return _sum_rows(products.reshape(-1, products.shape[-1])).reshape(products.shape[:2])
 
     def finish(self, out: Any, dtype: np.dtype) -> Array:
         return _round(out, dtype)
@@ -758,18 +784,31 @@ class Reference:
         spec = get_loss(self.loss)
         given = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
                  for n in ("predictions", "labels")]  # fmt: skip
+        operands = [
+            inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY,
+                              default=inspect.Parameter.empty if o.required else None)
+            for o in spec.operand_specs
+        ]  # fmt: skip
         options = [
             inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
                               default=inspect.Parameter.empty if p.required else p.default)
             for p in spec.param_specs
         ]  # fmt: skip
-        object.__setattr__(self, "__signature__", inspect.Signature(given + options))
+        object.__setattr__(self, "__signature__", inspect.Signature(given + operands + options))
 
-    def __call__(self, predictions: Array, labels: Array, **options: Any) -> Array:
+    def __call__(self, predictions: Array, labels: Array, **options: Any) -> Any:
         spec, family = get_loss(self.loss), _FAMILIES[self.family]
+        operands = {name: options.pop(name, None) for name in spec.operands}
         o = _options(spec, options)
         dtype = predictions.dtype
         x = predictions.astype(family.dtype(dtype), copy=False)
+        if spec.operands:  # the linear losses: the softmax of h W^T + b
+            h, W, b = x, *(None if a is None else np.asarray(a).astype(x.dtype, copy=False)
+                           for a in operands.values())  # fmt: skip
+            if W is None:
+                raise TypeError(f"{spec.name} is missing the keyword argument 'linear_weight'")
+            with np.errstate(all="ignore"):
+                x = family.logits(h, W, b)
         if labels.dtype.kind not in "iu":
             labels = labels.astype(x.dtype, copy=False)
         kept = None
@@ -777,7 +816,8 @@ class Reference:
             kept = labels != o.ignore_index
             labels = np.where(kept, labels, 0)
         with np.errstate(all="ignore"):
-            units = family.units.get(spec.name) or family.units[spec.oracle]
+            formula = "softmax" if spec.operands else spec.oracle
+            units = family.units.get(spec.name) or family.units[formula]
             out = units[self.grad](x, labels, o)
             if kept is not None:
                 out = np.where(kept[:, None] if self.grad else kept, out, 0)
@@ -785,6 +825,12 @@ class Reference:
                 out = self._reduce(family, out, spec, labels, kept, o, x.dtype)
                 if kept is not None and self.grad:  # 0, even over a zero denominator
                     out = np.where(kept[:, None], out, 0)
+            if spec.operands and self.grad:  # dL/dx = G to h, W and b by the chain rule
+                grads = {"predictions": family.matmul(out, W), "linear_weight":
+                         family.matmul(out.T, h)}  # fmt: skip
+                if b is not None:
+                    grads["linear_bias"] = family.total(out, axis=0)
+                return {k: family.finish(v, dtype) for k, v in grads.items()}
             return family.finish(out, dtype)
 
     def _reduce(self, family: _Family, out: Array, spec: LossSpec, labels: Array,

@@ -128,8 +128,55 @@ def weighted_binary_cross_entropy_with_logits(
     return _functional().binary_cross_entropy_with_logits(x, z, reduction=reduction, pos_weight=q)
 
 
+def linear_cross_entropy(
+    h: Any,
+    labels: Any,
+    *,
+    linear_weight: Any,
+    linear_bias: Any = None,
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "none",
+) -> Any:
+    """``F.linear_cross_entropy(h, W, labels, linear_bias=b, ...)`` on its reference path
+    (``options=None``): ``F.cross_entropy(F.linear(h, W, b), labels, ...)``."""
+    return _functional().linear_cross_entropy(
+        h, linear_weight, labels, linear_bias=linear_bias, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+    )  # fmt: skip
+
+
+# The chunked path's batch chunk: 2 rows, so that the strategies' cases (up to 3 rows, up
+# to 128 with reductions) cross chunk boundaries; "auto" would take them in one chunk.
+CHUNK_ROWS = 2
+
+
+def _chunked(policy: str) -> Any:
+    def chunked(h: Any, labels: Any, *, linear_weight: Any, linear_bias: Any = None,
+                weight: Any = None, ignore_index: int = -100,
+                reduction: str = "none") -> Any:  # fmt: skip
+        torch = require("torch")
+        options = torch.nn.LinearCrossEntropyOptions(
+            acc_policy=policy, chunking_method=None, batch_chunk_size=CHUNK_ROWS
+        )
+        return _functional().linear_cross_entropy(
+            h, linear_weight, labels, linear_bias=linear_bias, weight=weight,
+            ignore_index=ignore_index, reduction=reduction, options=options,
+        )  # fmt: skip
+
+    chunked.__doc__ = (
+        f"``F.linear_cross_entropy(h, W, k, ..., options=LinearCrossEntropyOptions(acc_policy="
+        f"{policy!r}, chunking_method=None, batch_chunk_size={CHUNK_ROWS}))``: the chunked path"
+    )
+    return chunked
+
+
 # PyTorch's reductions: no sum_over_batch_size (Keras')
 REDUCTIONS = {"reduction": ("none", "sum", "mean")}
+# The chunked path takes integer labels, no label smoothing, and these reductions; given
+# anything else it warns and runs the reference path, so those cases are not given to it.
+CHUNKED_POLICIES = ("accurate", "balanced", "compact")
 
 _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] = (
     (
@@ -180,6 +227,40 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.binary_cross_entropy_with_logits(x, z, reduction=r, pos_weight=q)",
         {},
         ("pos_weight", "reduction"),
+    ),
+)
+
+_TABLE += (
+    (
+        "torch.linear_cross_entropy",
+        "linear_cross_entropy",
+        linear_cross_entropy,
+        "F.linear_cross_entropy(h, W, k, linear_bias=b, weight=w, ignore_index=i, reduction=r, "
+        "label_smoothing=e) on the reference path (options=None)",
+        {},
+        ("label_smoothing", "weight", "ignore_index", "reduction"),
+    ),
+    (
+        "torch.linear_cross_entropy",
+        "soft_linear_cross_entropy",
+        linear_cross_entropy,
+        "F.linear_cross_entropy(h, W, y, linear_bias=b, weight=w, reduction=r, "
+        "label_smoothing=e) with probability targets (the reference path)",
+        {},
+        ("label_smoothing", "weight", "reduction"),
+    ),
+    *(
+        (
+            f"torch.linear_cross_entropy(chunked, {policy})",
+            "linear_cross_entropy",
+            _chunked(policy),
+            f"F.linear_cross_entropy(h, W, k, linear_bias=b, weight=w, ignore_index=i, "
+            f"reduction=r, options=LinearCrossEntropyOptions(acc_policy={policy!r}, "
+            f"batch_chunk_size={CHUNK_ROWS})): the chunked path",
+            {},
+            ("weight", "ignore_index", "reduction"),
+        )
+        for policy in CHUNKED_POLICIES
     ),
 )
 
