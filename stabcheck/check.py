@@ -244,13 +244,18 @@ def _aligned(rows: list[list[str]], indent: int) -> list[str]:
 
 
 def _where(row: dict[str, Any]) -> str:
-    name = "loss" if row["quantity"] == "value" else "gradient"
+    quantity = row["quantity"]
+    name = {"value": "loss", "gradient": "gradient"}.get(quantity)
+    if name is None:  # gradient[operand]
+        name = f"gradient of {quantity.removeprefix('gradient[').removesuffix(']')}"
     return f"{name}[{row['index']}]" if row.get("index", "") != "" else name
 
 
 def _unit(finding: Finding) -> Case:
+    """The case of the row or element a finding's row measured; a gradient with respect
+    to an operand (W, b) sums over every row, so it is the whole case."""
     row = finding.row
-    if row.get("index", "") == "":
+    if row.get("index", "") == "" or row["quantity"] not in ("value", "gradient"):
         return finding.case
     index = tuple(int(i) for i in str(row["index"]).split(","))
     if row["quantity"] == "gradient" and finding.case.loss.rowwise:
@@ -259,7 +264,7 @@ def _unit(finding: Finding) -> Case:
 
 
 def _oracle_line(case: Case, row: dict[str, Any]) -> str:
-    return case.cli() + (" --grad" if row["quantity"] == "gradient" else "")
+    return case.cli() + (" --grad" if row["quantity"] != "value" else "")
 
 
 def _num(x: Any) -> str:

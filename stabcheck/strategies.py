@@ -839,6 +839,19 @@ def _fill_confident(draw: Any, c: _Ctx) -> Arrays:
     return _linear_case(draw, c, h * scale, W * scale, b)
 
 
+def _fill_near_ties(draw: Any, c: _Ctx) -> Arrays:
+    """Nearly tied logits: every row of W a copy of one row moved by a few ulps in a few
+    entries, so the logits differ in their last bits (an order of summation decides)."""
+    h, W, b = _linear_inputs(draw, c)
+    base = W[0].astype(np.float64)
+    W = np.tile(base, (len(W), 1))
+    for v in range(1, len(W)):
+        for j in draw(st.lists(st.integers(0, W.shape[1] - 1), max_size=2)):
+            steps = draw(st.integers(-3, 3))
+            W[v, j] = _from_ordinal(c.fmt, c.fmt.ordinal(float(W[v, j])) + steps)
+    return _linear_case(draw, c, h, W, None if b is None else np.full(len(W), b[0]))
+
+
 def _fill_padded(draw: Any, c: _Ctx) -> Arrays:
     """Padded vocabulary rows: the last rows of W are zeros or copies of real rows, masked
     by a bias of -inf, so they must carry no probability; labels on the real rows."""
@@ -1025,6 +1038,14 @@ REGIMES: tuple[Regime, ...] = (
         applies=_linear,
         min_classes=2,
         fill=_fill_confident,
+    ),
+    Regime(
+        "near_ties",
+        "linear losses: the rows of W copies of one row moved by up to 3 ulps in up to two "
+        "entries, and one bias for all, so the logits are tied or differ in their last bits.",
+        applies=_linear,
+        min_classes=2,
+        fill=_fill_near_ties,
     ),
     Regime(
         "padded",

@@ -109,8 +109,8 @@ def test_failing_user_functions_become_rows_and_the_audit_carries_on(user_module
     assert (by_impl["accurate"]["status"] == "ok").all()
 
 
-ACCURATE_REGIMES = ["moderate", "saturating", "tiny", "infinite", "dominant", "offset",
-                    "soft_labels", "pos_weight"]  # fmt: skip
+ACCURATE_REGIMES = ["moderate", "saturating", "tiny", "infinite", "dominant", "offset", "linear",
+                    "confident", "padded", "soft_labels", "pos_weight"]  # fmt: skip
 
 
 def test_accurate_is_ok_in_every_format_and_regime():

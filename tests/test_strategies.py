@@ -25,6 +25,7 @@ from stabcheck.strategies import (
     cases,
     format_values,
     get_regime,
+    independent_of_imports,
     regime_names,
     regimes_for,
     saturation_thresholds,
@@ -33,7 +34,7 @@ from stabcheck.strategies import (
 
 FORMAT_NAMES = [fmt.name for fmt in FORMATS]
 COMBOS = [(n, f, r) for f in FORMAT_NAMES for n in loss_names() for r in regimes_for(n)]
-EXAMPLES = {"wide": 4, "pos_weight": 60, "infinite": 50}
+EXAMPLES = {"wide": 4, "pos_weight": 60, "infinite": 50, "reduction": 40, "weight": 40}
 DEFAULT_EXAMPLES = 25
 
 LOGIT_ROWWISE = {"softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits"}
@@ -64,6 +65,7 @@ EXPECTED_APPLIES = {
     "reduction": set(loss_names()),
     "linear": LINEAR,
     "confident": LINEAR,
+    "near_ties": LINEAR,
     "padded": LINEAR,
 }
 OPTION_REGIMES = ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "alpha",
@@ -71,7 +73,9 @@ OPTION_REGIMES = ("label_smoothing", "weight", "ignore_index", "z_loss", "softca
 
 
 def collect(strategy: st.SearchStrategy, n: int) -> list:
-    """The first ``n`` examples hypothesis generates, derandomized (no shrinking)."""
+    """The first ``n`` examples hypothesis generates, derandomized (no shrinking), without
+    the constants hypothesis finds in local source (as the audit and ``check`` draw), so
+    an edit elsewhere in stabcheck does not change them."""
     out: list = []
 
     @settings(
@@ -86,7 +90,8 @@ def collect(strategy: st.SearchStrategy, n: int) -> list:
     def run(value):
         out.append(value)
 
-    run()
+    with independent_of_imports():
+        run()
     return out
 
 
@@ -529,6 +534,13 @@ def check_linear(found, spec, fmt):
         spread = [np.ptp(f64(c.predictions) @ f64(c.operands["linear_weight"]).T, axis=1).max()
                   for c in found]  # fmt: skip
         assert max(spread) > saturation_thresholds(fmt)["exp_underflow"]
+    if regime == "near_ties":
+        gaps = []
+        for c in found:
+            W = f64(c.operands["linear_weight"])
+            assert (np.abs(W - W[0]) <= 8 * fmt.eps * np.maximum(np.abs(W[0]), fmt.tiny)).all()
+            gaps.append((W != W[0]).any())
+        assert any(gaps) and not all(gaps)  # some ties, some near ones
     if regime == "padded":
         for c in found:
             bias = f64(c.operands["linear_bias"])
@@ -551,7 +563,7 @@ CHECKS = {
     "wide": check_wide,
     "pos_weight": check_pos_weight,
     **dict.fromkeys(OPTION_REGIMES, check_options),
-    **dict.fromkeys(("linear", "confident", "padded"), check_linear),
+    **dict.fromkeys(("linear", "confident", "near_ties", "padded"), check_linear),
 }
 
 

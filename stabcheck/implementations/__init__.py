@@ -48,14 +48,21 @@ class Implementation:
     params: tuple[str, ...] | None = None
     # values of a choice option it takes, where not all, e.g. {"reduction": ("none", "sum")}
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the operands it takes (stabcheck.losses.OPERANDS); None: all its loss has
+    operands: tuple[str, ...] | None = None
 
     def takes(self, case: Any) -> bool:
         """Whether every option ``case`` sets is one this implementation takes, with a value
-        it takes."""
-        return set(case.params) <= set(self.params or ()) and all(
-            case.params[name] in values
-            for name, values in self.choices.items()
-            if name in case.params
+        it takes, and so is every operand ``case`` has (a bias, say)."""
+        operands = get_loss(self.loss).operands if self.operands is None else self.operands
+        return (
+            set(case.params) <= set(self.params or ())
+            and set(case.operands) <= set(operands)
+            and all(
+                case.params[name] in values
+                for name, values in self.choices.items()
+                if name in case.params
+            )
         )
 
     @property
@@ -159,6 +166,13 @@ def options_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]
                  if p.required or accepts is None or p.name in accepts)  # fmt: skip
 
 
+def operands_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The operands of ``loss`` a function with keyword arguments ``accepts`` takes (None:
+    any); the required ones always."""
+    return tuple(o.name for o in get_loss(loss).operand_specs
+                 if o.required or accepts is None or o.name in accepts)  # fmt: skip
+
+
 def keywords(fn: Callable[..., Any]) -> tuple[str, ...] | None:
     """The keyword arguments ``fn`` takes, or None when it takes any (``**kwargs``) or its
     signature cannot be read."""
@@ -194,6 +208,7 @@ def user_implementation(
         description=description,
         params=options_taken(loss, accepts),
         choices=USER_CHOICES,
+        operands=operands_taken(loss, accepts),
     )
 
 
@@ -292,3 +307,4 @@ from stabcheck.implementations import scipy as scipy  # noqa: E402
 from stabcheck.implementations import sklearn as sklearn  # noqa: E402
 from stabcheck.implementations import tensorflow as tensorflow  # noqa: E402
 from stabcheck.implementations import torch as torch  # noqa: E402
+from stabcheck.implementations import chunked as chunked  # noqa: E402

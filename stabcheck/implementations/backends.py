@@ -130,14 +130,12 @@ def _torch(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Retu
 
     if not grad:
         return Returned(*back(out), None, None)
-    grads = {name: _torch_grad(torch, t) for name, t in operands.items()}
-    return Returned(*back(out), *back(_torch_grad(torch, x)),
-                    {name: back(g) for name, g in grads.items()})  # fmt: skip
-
-
-def _torch_grad(torch: Any, t: Any) -> Any:
-    """``t.grad``, or zeros where nothing reached ``t`` (autograd leaves it None)."""
-    return t.grad if t.grad is not None else torch.zeros_like(t)
+    # an operand that nothing reached gets zeros (autograd leaves its grad None); the
+    # predictions' None stays: a loss that does not depend on them is reported as such
+    grads = {name: t.grad if t.grad is not None else torch.zeros_like(t)
+             for name, t in operands.items()}  # fmt: skip
+    gradient = back(x.grad) if x.grad is not None else (None, None)
+    return Returned(*back(out), *gradient, {name: back(g) for name, g in grads.items()})
 
 
 def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:

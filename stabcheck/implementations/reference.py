@@ -826,6 +826,8 @@ class Reference:
                 if kept is not None and self.grad:  # 0, even over a zero denominator
                     out = np.where(kept[:, None], out, 0)
             if spec.operands and self.grad:  # dL/dx = G to h, W and b by the chain rule
+                if kept is not None:  # an ignored row's h (NaN, say) moves nothing
+                    h = np.where(kept[:, None], h, 0)
                 grads = {"predictions": family.matmul(out, W), "linear_weight":
                          family.matmul(out.T, h)}  # fmt: skip
                 if b is not None:

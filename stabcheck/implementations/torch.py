@@ -136,11 +136,12 @@ def linear_cross_entropy(
     linear_bias: Any = None,
     label_smoothing: float = 0.0,
     weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     reduction: str = "none",
 ) -> Any:
     """``F.linear_cross_entropy(h, W, labels, linear_bias=b, ...)`` on its reference path
-    (``options=None``): ``F.cross_entropy(F.linear(h, W, b), labels, ...)``."""
+    (``options=None``): ``F.cross_entropy(F.linear(h, W, b), labels, ...)``; ``ignore_index``
+    None is PyTorch's default (-100 for class indices; probability targets refuse any)."""
     return _functional().linear_cross_entropy(
         h, linear_weight, labels, linear_bias=linear_bias, weight=weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,

@@ -2,10 +2,11 @@
 exactly from the hidden states h (N x D), the classifier W (V x D) and the bias b (V).
 
 Each finite logit is a sum of exact products of binary floats: a dyadic rational, found
-exactly (``logits``). Non-finite inputs follow IEEE rules (inf times 0 and +inf plus -inf
-are NaN; otherwise an infinite product makes the logit infinite); the softmax conventions
-of ``rowwise`` then apply to the logits. A row's loss is ``rowwise.Softmax`` on its exact
-logits (``LinearRow``). With G = dL/dx (N x V, one row per unit),
+exactly (``logits``, through the error-free BLAS products of ``dot``). Non-finite inputs
+follow IEEE rules (inf times 0 and +inf plus -inf are NaN; otherwise an infinite product
+makes the logit infinite); the softmax conventions of ``rowwise`` then apply to the logits.
+A row's loss is ``rowwise.Softmax`` on its exact logits (``LinearRow``). With G = dL/dx
+(N x V, one row per unit),
 
     dL/dh = G W,    dL/dW = G^T h,    dL/db = sum_n G_n,
 
@@ -31,44 +32,32 @@ import numpy as np
 
 from stabcheck.case import Case
 from stabcheck.losses import LabelKind
+from stabcheck.oracle import dot, options
 from stabcheck.oracle import enclosure as E
-from stabcheck.oracle import options
 from stabcheck.oracle.enclosure import Quantity, midpoint
 from stabcheck.oracle.rowwise import Softmax
 
 NAN, INF = math.nan, math.inf
 
 
-def logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """h W^T + b exactly: an N x V object array of dyadic Fractions, and floats where an
-    input is not finite (IEEE rules)."""
+def logits(h: Any, W: Any, b: Any = None) -> np.ndarray:
+    """h W^T + b exactly (``dot.products``): an N x V object array of dyadic Fractions, and
+    floats where an input is not finite (IEEE rules)."""
     h, W = np.atleast_2d(np.asarray(h, np.float64)), np.asarray(W, np.float64)
-    out = np.empty((h.shape[0], W.shape[0]), dtype=object)
-    H, hq = _integers(h)
-    M, wq = _integers(W)
-    dots = H.dot(M.T)
-    bias = [Fraction(0)] * W.shape[0] if b is None else [
-        Fraction(float(v)) if math.isfinite(v) else float(v) for v in np.asarray(b, np.float64)
-    ]  # fmt: skip
+    b = None if b is None else np.asarray(b, np.float64)
     finite_h, finite_w = np.isfinite(h).all(axis=1), np.isfinite(W).all(axis=1)
+    finite_b = np.ones(len(W), bool) if b is None else np.isfinite(b)
+    exact = dot.products(np.where(finite_h[:, None], h, 0.0), np.where(finite_w[:, None], W, 0.0),
+                         None if b is None else np.where(finite_b, b, 0.0)).fractions()  # fmt: skip
+    out = np.empty((h.shape[0], W.shape[0]), dtype=object)
     for n in range(h.shape[0]):
         for v in range(W.shape[0]):
-            if finite_h[n] and finite_w[v] and isinstance(bias[v], Fraction):
-                out[n, v] = Fraction(dots[n, v], hq[n] * wq[v]) + bias[v]
+            if finite_h[n] and finite_w[v] and finite_b[v]:
+                out[n, v] = exact[n][v]
             else:
-                out[n, v] = _ieee(h[n], W[v], bias[v])
+                out[n, v] = _ieee(h[n], W[v], float(b[v]) if b is not None and not finite_b[v]
+                                  else Fraction(0))  # fmt: skip
     return out
-
-
-def _integers(a: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Each row of ``a`` as Python integers over one power of two (non-finite rows as 0)."""
-    rows, scales = [], []
-    for row in a:
-        ratios = [float(v).as_integer_ratio() if math.isfinite(v) else (0, 1) for v in row]
-        q = max(d for _, d in ratios)
-        rows.append([p * (q // d) for p, d in ratios])
-        scales.append(q)
-    return np.array(rows, dtype=object).reshape(a.shape), scales
 
 
 def _ieee(h: np.ndarray, w: np.ndarray, bias: Fraction | float) -> float:
@@ -116,7 +105,9 @@ class _Approx:
             e = np.exp(shifted)
             self.p = e / e.sum(axis=1, keepdims=True)
             self.G = y.sum(axis=1, keepdims=True) * self.p - y
-            self.a = np.abs(h) @ np.abs(W).T + (0.0 if b is None else np.abs(b))
+            # an infinite bias (a masked class) moves with no relative error: no term
+            bias = 0.0 if b is None else np.where(np.isfinite(b), np.abs(b), 0.0)
+            self.a = np.abs(h) @ np.abs(W).T + bias
             self.B = y.sum(axis=1, keepdims=True)
         self.h, self.W, self.b = h, W, b
 
@@ -265,6 +256,11 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     members = list(groups.values())
     summed_h = [[_sum_exact(h[rows, j]) for j in range(h.shape[1])] for rows in members]
 
+    # what no kept row contributes to (an ignored row's dL/dh; everything when every row
+    # is ignored) stays exactly 0, even over a zero denominator, as in PyTorch
+    empty = [bool(skip[n]) for n in range(N) for _ in range(h.shape[1])]
+    empty += [not units] * (V * h.shape[1] + (0 if b is None else V))
+
     def evaluate(prec: int) -> list[Quantity]:
         G = {n: unit(prec)[1] for n, unit in units.items()}
         out = []
@@ -279,12 +275,13 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
         if b is not None:
             counts = [Fraction(len(rows)) for rows in members]
             out += [_dot([g[v] for g in first], counts, prec) for v in range(V)]
-        return [options.divide(q, d, no_nan, prec) for q in out]
+        return [q if none else options.divide(q, d, no_nan, prec) for q, none in zip(out, empty)]
 
     pairs = E.certify_all(evaluate, case.format)
     y = np.array([[0.0] * V if skip[n] else [float(t) for t in options.row_targets(case, n)]
                   for n in range(N)])  # fmt: skip
-    numerators = _Approx(h, W, b, y).gradient_numerators()
+    kept_h = np.where(skip[:, None], 0.0, h)  # an ignored row's NaN moves nothing
+    numerators = _Approx(kept_h, W, b, y).gradient_numerators()
     shapes = {"predictions": h.shape, "linear_weight": W.shape, "linear_bias": (V,)}
     names = [name for name in shapes if name != "linear_bias" or b is not None]
     out, start = {}, 0

@@ -35,6 +35,11 @@ def ordinary_case(loss: str, fmt: str, rng: np.random.Generator | int = 0) -> Ca
     rng = np.random.default_rng(rng)
     spec = get_loss(loss)
     logits = spec.inputs is InputKind.LOGITS
+    if spec.operands:  # h (4 x 3), W (5 x 3) and b with logits of a few units
+        h, W, b = rng.uniform(-1, 1, (4, 3)), rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, 5)
+        y = rng.integers(0, 5, 4) if spec.labels is LabelKind.SPARSE else rng.dirichlet(
+            np.full(5, 2.0), 4)  # fmt: skip
+        return Case.build(loss, h, y, format=fmt, linear_weight=W, linear_bias=b)
     if spec.rowwise:
         x = rng.uniform(-2, 2, (4, 5)) if logits else rng.dirichlet(np.full(5, 4.0), 4)
         if spec.labels is LabelKind.SPARSE:

@@ -42,6 +42,10 @@ SIGMOID = "sigmoid_cross_entropy_with_logits"
 WEIGHTED = "weighted_cross_entropy_with_logits"
 CE, NLL = "torch.cross_entropy", "torch.nll_loss(log_softmax)"
 BCE, BCEWL = "torch.binary_cross_entropy", "torch.binary_cross_entropy_with_logits"
+LINEAR, SOFT_LINEAR = "linear_cross_entropy", "soft_linear_cross_entropy"
+LCE = "torch.linear_cross_entropy"
+CHUNKED = tuple(f"torch.linear_cross_entropy(chunked, {p})" for p in ("accurate", "balanced",
+                                                                        "compact"))
 # the options each takes (PyTorch's names are the catalogue's; none takes z_loss, softcap or
 # a smoothing of binary targets)
 TAKES = {
@@ -51,6 +55,9 @@ TAKES = {
     (BCE, BINARY): ("reduction",),
     (BCEWL, SIGMOID): ("reduction",),
     (BCEWL, WEIGHTED): ("pos_weight", "reduction"),
+    (LCE, LINEAR): ("label_smoothing", "weight", "ignore_index", "reduction"),
+    (LCE, SOFT_LINEAR): ("label_smoothing", "weight", "reduction"),
+    **{(chunked, LINEAR): ("weight", "ignore_index", "reduction") for chunked in CHUNKED},
 }
 REGISTERED = tuple(TAKES)
 IDS = [f"{name}-{loss}" for name, loss in REGISTERED]
@@ -127,6 +134,11 @@ def test_gradients_have_the_shape_of_the_predictions_and_agree_with_the_oracle(n
         # ULPs can be large where it cancels (about 250 for sigmoid(x) - z near 0)
         message = beyond(measure(exact, outcome.gradient, gradient=True), None, "gradient", case)
         assert not message, message
+        assert set(outcome.operands) == set(case.operands)  # W and b of the linear losses
+        for name, got in outcome.operands.items():
+            assert got.shape == case.operands[name].shape
+            message = beyond(measure(exact, got, gradient=name), None, name, case)
+            assert not message, message
 
 
 def test_cross_entropy_and_nll_of_log_softmax_are_the_same_computation():
@@ -301,7 +313,12 @@ def test_a_format_torch_does_not_support_raises(name, loss):
     else:
         labels = torch.tensor([[1.0, 0.0], [0.5, 0.5]]).to(dtype)
     params = {"pos_weight": 2.0} if "pos_weight" in spec.params else {}
-    with pytest.raises(NotImplementedError, match="not implemented for 'Float8_e5m2'"):
+    if spec.operands:  # h (2 x 2) and W (2 x 2)
+        params["linear_weight"] = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).to(dtype)
+    # the chunked path refuses the dtype before any kernel runs
+    refusal = (ValueError, "acc_dtype must be one of") if name in CHUNKED else (
+        NotImplementedError, "not implemented for 'Float8_e5m2'")  # fmt: skip
+    with pytest.raises(refusal[0], match=refusal[1]):
         get_implementation(name, loss).fn(x, labels, **params)
 
 

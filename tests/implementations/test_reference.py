@@ -396,7 +396,7 @@ def test_every_family_takes_every_option_of_every_loss():
             impl = get_implementation(family, spec.name)
             assert impl.params == spec.params and not impl.choices
             signature = inspect.signature(impl.fn)
-            assert list(signature.parameters)[2:] == list(spec.params)
+            assert list(signature.parameters)[2:] == [*spec.operands, *spec.params]
             for p in spec.param_specs:
                 default = signature.parameters[p.name].default
                 assert default is inspect.Parameter.empty if p.required else default == p.default
@@ -472,7 +472,7 @@ def option_cases(option, fmt, extreme=True):
     over -inf lanes; z-losses over lse near 1e4; focal alpha and gamma; each reduction,
     with class weights and ignored rows."""
     big, sub, tiny, eps = _values(fmt) if extreme else (6.0, 0.125, 0.25, 0.0625)
-    takes = [spec.name for spec in LOSSES_SPECS if option in spec.params]
+    takes = [spec.name for spec in LOSSES_SPECS if option in spec.params and not spec.operands]
     cases = []
 
     def add(loss, x=None, y=None, **params):
@@ -647,3 +647,46 @@ def test_ignored_rows_give_zero_whatever_their_logits_hold(family):
     assert np.isnan(impl.fn(x, every, ignore_index=-100, reduction="mean"))  # 0/0, PyTorch's
     assert impl.fn(x, every, ignore_index=-100, reduction="sum_over_batch_size") == 0  # Keras'
     assert (impl.grad(x, every, ignore_index=-100, reduction="mean") == 0).all()
+
+
+# -- the linear losses ------------------------------------------------------------------------
+
+
+def _linear_cases(fmt):
+    """h (4 x 3), W (5 x 3) and b moderate, with each option of the linear losses: smoothing,
+    weights with a zero, ignored rows (one holding NaN, or all of them), z-loss, reductions."""
+    rng = np.random.default_rng(17)
+    h, W, b = rng.uniform(-2, 2, (4, 3)), rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, 5)
+    k, y = np.array([0, 4, 2, 1]), rng.dirichlet(np.full(5, 2.0), 4)
+    nan_h = h.copy()
+    nan_h[1, 0] = np.nan
+    kw = {"format": fmt, "linear_weight": W, "linear_bias": b}
+    options = [{}, {"label_smoothing": 0.25}, {"weight": [1.0, 0.0, 2.0, 0.5, 3.0]},
+               {"z_loss": 0.125}, {"reduction": "sum"}, {"reduction": "mean"},
+               {"reduction": "sum_over_batch_size"}]  # fmt: skip
+    cases = [Case.build("linear_cross_entropy", h, k, **kw, **o) for o in options]
+    cases += [Case.build("soft_linear_cross_entropy", h, y, **kw, **o) for o in options]
+    cases.append(Case.build("linear_cross_entropy", nan_h, [0, -100, 2, 1], ignore_index=-100,
+                            reduction="mean", **kw))  # fmt: skip
+    cases.append(Case.build("linear_cross_entropy", h, [-100] * 4, ignore_index=-100,
+                            reduction="mean", linear_weight=W, format=fmt))  # fmt: skip
+    return cases
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_families_compute_the_linear_losses_with_every_option(family, fmt):
+    """Values and the gradients with respect to h, W and b: accurate within 4 ULPs, naive
+    and stable within 256 on these moderate inputs."""
+    failures = []
+    for case in _linear_cases(fmt):
+        outcome = invoke(get_implementation(family, case.loss.name), case, grad=True)
+        result = evaluate(case, grad=True)
+        ulps = 4 if family == "accurate" else 256
+        assert set(outcome.operands) == set(case.operands)
+        rows = measure(result, outcome.values, max_ulps=ulps) + measure(
+            result, outcome.gradient, gradient=True, max_ulps=ulps)  # fmt: skip
+        for name, got in outcome.operands.items():
+            rows += measure(result, got, gradient=name, max_ulps=ulps)
+        failures += not_ok(rows, case, "value or gradient")
+    assert not failures, "\n".join(failures[:6])

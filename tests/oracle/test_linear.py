@@ -173,6 +173,18 @@ def test_ignored_rows_give_nothing_even_when_they_hold_nan():
                                       kept.operand_gradients[name].value)  # fmt: skip
 
 
+def test_every_row_ignored_under_mean_is_nan_with_zero_gradients():
+    """0/0 for the value, as PyTorch's mean; the gradients are sums of no contribution: 0."""
+    got = exact(LINEAR, [[1.0, np.nan], [2.0, 3.0]], [-100, -100], grad=True,
+                linear_weight=np.eye(2), linear_bias=[0.5, 1.0], ignore_index=-100,
+                reduction="mean")  # fmt: skip
+    assert np.isnan(got.value)
+    assert (got.gradient == 0).all()
+    for name in ("linear_weight", "linear_bias"):
+        assert (got.operand_gradients[name].value == 0).all()
+        assert np.isfinite(got.operand_gradients[name].condition).all()
+
+
 def test_non_finite_inputs_follow_ieee_rules():
     W = np.array([[1.0, 0.0], [1.0, 1.0]])
     assert [str(v) for v in logits([[np.inf, 1.0]], W)[0]] == ["inf", "inf"]
