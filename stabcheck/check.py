@@ -652,7 +652,8 @@ class _Group:
             def with_fixed(c: Case) -> Case | None:
                 try:
                     return Case.build(c.loss, c.predictions, c.labels, format=c.format,
-                                      regime=c.regime, **{**c.params, **fixed})  # fmt: skip
+                                      regime=c.regime, **c.operands,
+                                      **{**c.params, **fixed})  # fmt: skip
                 except InvalidArgument:  # e.g. fixed class weights for another number of classes
                     return None
 

@@ -69,9 +69,14 @@ def classify(
     fmt: Format,
     condition: float,
     max_ulps: float = DEFAULT_MAX_ULPS,
+    scale: float | None = None,
 ) -> tuple[str, float, float]:
     """(status, ulps, relative error) of ``got`` against the exact value ``exact`` (an
-    mpmath number) whose correct rounding to ``fmt`` is ``expected``."""
+    mpmath number) whose correct rounding to ``fmt`` is ``expected``. ``scale``, where the
+    oracle gives it, is the first-order change of the exact value per unit relative change
+    of the inputs (``condition`` times its magnitude, finite where the exact value is 0):
+    then an error of at most ``max_ulps`` eps x max(|exact|, scale) is ok, the same
+    tolerance in absolute terms, which holds at exact zeros too."""
     if max_ulps < 0:
         raise InvalidArgument(f"max_ulps={max_ulps!r} must be a non-negative number of ULPs")
     got = fmt.round(float(got))
@@ -89,6 +94,10 @@ def classify(
     kappa = float(condition) if math.isfinite(condition) else 1.0
     if ulps <= max_ulps or relative <= max_ulps * max(1.0, kappa) * fmt.eps:
         return OK, ulps, relative
+    if scale is not None and math.isfinite(scale) and CTX.isfinite(exact):
+        tolerance = max_ulps * fmt.eps * max(float(abs(exact)), scale)
+        if abs(CTX.mpf(got) - exact) <= tolerance:
+            return OK, ulps, relative
     return (UNDERFLOW if got == 0 else INACCURATE), ulps, relative
 
 
@@ -114,15 +123,16 @@ def measure(
                     f"gradient={gradient!r} is not an operand of this case; its operands: "
                     f"{', '.join(result.operand_gradients) or 'none'}"
                 )
-            expected, condition, exact = result.operand_gradients[gradient]
+            expected, condition, exact, scale = result.operand_gradients[gradient]
         else:
-            expected, exact, condition = (
+            expected, exact, condition, scale = (
                 result.gradient,
                 result.gradient_exact,
                 result.gradient_condition,
+                result.gradient_scale,
             )
     else:
-        expected, exact, condition = result.value, result.exact, result.condition
+        expected, exact, condition, scale = result.value, result.exact, result.condition, None
     got = np.asarray(got, dtype=np.float64)
     if got.shape != expected.shape:
         raise InvalidArgument(
@@ -132,7 +142,8 @@ def measure(
     rows = []
     for index in np.ndindex(expected.shape):
         status, ulps, relative = classify(
-            exact[index], expected[index], got[index], fmt, condition[index], max_ulps
+            exact[index], expected[index], got[index], fmt, condition[index], max_ulps,
+            None if scale is None else float(scale[index]),
         )
         rows.append(
             Measurement(

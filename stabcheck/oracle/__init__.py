@@ -58,11 +58,14 @@ FAST_MIN_SIZE = 16  # predictions; below this the mpmath units alone are quicker
 
 class Gradient(NamedTuple):
     """The gradient with respect to one operand: correctly rounded values, condition
-    numbers and 64-bit approximations of the exact values (mpmath numbers)."""
+    numbers, 64-bit approximations of the exact values (mpmath numbers) and, where known,
+    the scale: the first-order change of each entry per unit relative change of the inputs
+    (condition times magnitude, finite at exact zeros; see ``measure.classify``)."""
 
     value: np.ndarray
     condition: np.ndarray
     exact: np.ndarray
+    scale: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +81,12 @@ class OracleResult:
     are exact data that an implementation can use exactly); ``gradient_condition`` that
     of each gradient element with respect to the predictions and soft labels, since the
     gradient subtracts the labels. ``fast`` marks the units (shaped like ``value``) that
-    the fast path decided.
+    the fast path decided. ``operand_gradients`` holds the gradients with respect to the
+    loss's operands (``linear_weight``, ``linear_bias``), when asked; the linear losses'
+    condition numbers are with respect to the predictions and the operands, and their
+    ``gradient_scale`` (and ``Gradient.scale``) is each gradient entry's first-order
+    change per unit relative change of the inputs, a tolerance at exact zeros too
+    (``measure.classify``).
     """
 
     case: Case
@@ -91,6 +99,7 @@ class OracleResult:
     lazy_exact: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     lazy_gradient_exact: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     operand_gradients: Mapping[str, Gradient] = field(default_factory=dict)
+    gradient_scale: np.ndarray | None = None
 
     @property
     def exact(self) -> np.ndarray:
@@ -191,6 +200,7 @@ def _with_operands(case: Case) -> OracleResult:
         gradient=own.value,
         gradient_condition=own.condition,
         lazy_gradient_exact=lambda: own.exact,
+        gradient_scale=own.scale,
         operand_gradients=grads,
     )
 

@@ -231,11 +231,11 @@ def _plus(q: Quantity, r: Fraction, prec: int) -> Quantity:
     return E.add(q, E.enclose(r, prec), prec) if r else q
 
 
-def gradients(case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
     """dL/dh, dL/dW and dL/db of a linear case (unreduced: of the sum of the rows' losses;
     reduced: of the reduced loss), each as (correctly rounded values, condition numbers,
-    64-bit exact approximations), keyed ``predictions``, ``linear_weight``, ``linear_bias``
-    (the last only when the case has a bias).
+    64-bit exact approximations, scales: the conditions' numerators), keyed ``predictions``,
+    ``linear_weight``, ``linear_bias`` (the last only when the case has a bias).
 
     dL/dh is ``_shares_dot`` per row; dL/dW and dL/db sum over rows, and rows with equal
     logits and targets (equal G) are summed first (their h exactly), so that equal and
@@ -294,5 +294,5 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
         approx = np.array([float(e) for e in exacts.ravel()]).reshape(shapes[name])
         with np.errstate(all="ignore"):
             scaled = numerator / float(d) if d else numerator
-        out[name] = (values, _divide(scaled, approx), exacts)
+        out[name] = (values, _divide(scaled, approx), exacts, scaled)
     return out
