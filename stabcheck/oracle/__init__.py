@@ -37,7 +37,7 @@ from mpmath import libmp
 
 from stabcheck.case import Case
 from stabcheck.losses import LabelKind
-from stabcheck.oracle import enclosure, linear, options
+from stabcheck.oracle import enclosure, fastlinear, linear, options
 from stabcheck.oracle import fast as fastpath
 from stabcheck.oracle.elementwise import Binary, Focal, Weighted
 from stabcheck.oracle.enclosure import MAX_PRECISION, Interval, Quantity, midpoint
@@ -122,17 +122,23 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
 
     ``fast=True`` lets the double-double fast path decide the units it can certify,
     ``fast=False`` does not; by default it does for cases of at least ``FAST_MIN_SIZE``
-    predictions, unless the environment variable ``STABCHECK_ORACLE`` is ``mpmath``.
+    predictions, unless the environment variable ``STABCHECK_ORACLE`` is ``mpmath``. The
+    linear losses' fast path (``fastlinear``) takes the whole case or declines it.
     """
-    if grad and case.loss.operands:
-        return _with_operands(case)
-    if case.reduced:
-        return _reduced(case, grad)
     if fast is None:
         fast = (
             os.environ.get("STABCHECK_ORACLE", "").strip().lower() != "mpmath"
             and case.predictions.size >= FAST_MIN_SIZE
         )
+    if case.loss.operands:
+        decided = fastlinear.evaluate(case, grad) if fast else None
+        if decided is not None:
+            return decided
+        if grad:
+            return _with_operands(case)
+        fast = False
+    if case.reduced:
+        return _reduced(case, grad)
     fast = fast and set(case.params) <= options.FAST_OPTIONS
     shape, pshape = case.output_shape, case.predictions.shape
     value, gradient = fastpath.evaluate(case, grad) if fast else fastpath.nothing(case, grad)

@@ -29,7 +29,7 @@ k), else as a plain double-double with an absolute radius; a reduction's 1/d is 
 ``ziv_above`` for an exact D on a halfway point); undecided rows go to the mpmath unit
 (``rowwise.Softmax`` on the row's exact logits).
 
-**Gradients**, three tiers, each entry accepted only when certain:
+**Gradients**, in tiers, each entry accepted only when certain:
 
 1. float64 BLAS, in blocks of Vb classes: dL/dh = 2**Qn sum_b (G~_b @ W_b) (block results
    accumulated error-free), dL/dW = 2**Qv (G~^T @ h), G~ = G scaled by its row's (for dh)
@@ -43,28 +43,43 @@ k), else as a plain double-double with an absolute radius; a reduction's 1/d is 
    bfloat16, through float32 (an end on a bfloat16 halfway point is refused, so the
    double rounding is innocuous); equal bit patterns decide. Skipped for float64 (gamma_n
    >= 2**-53 never decides) and for small cases (N V D < ``DD_ALL``), which go to tier 2.
-2. double-double: each term G~ w by ``mul_d`` (<= EPS_OP), summed pairwise (signed; each
-   ``add`` within EPS_OP of its exact sum, so L levels cost L EPS_OP sum |terms|), plus
-   G's radius times |w| and 2**-1072 per term; dL/db always here.
+2. double-double: each column of W (for dh) or h (for dW) times a power of two that brings
+   its largest entry to [1/2, 1) (exact; subnormal inputs lose nothing), each term G~ w by
+   ``mul_d`` (<= EPS_OP), summed pairwise (signed; each ``add`` within EPS_OP of its exact
+   sum, so L levels cost L EPS_OP sum |terms|), plus G's radius times |w| and 2**-1072 per
+   term; dL/db always here.
+2b. exact part and transcendental part (``_Split``): G = E + T with E rational (-t_j, and
+   Y - t_k at k) and T = Y e_j / Z (j != k), -Y S / Z (at k), enclosed relatively; E w
+   summed exactly in Fractions over E's few nonzero entries, T w as in tier 2, and the
+   entry's exact interval [(E w + tau - r) / d, (E w + tau + r) / d] rounded at both
+   ends. This settles a sum of inputs on (or next to) a rounding boundary plus a part far
+   below double-double resolution (where p underflows: confident rows).
 3. mpmath, for what is left: entries whose inputs make them exactly zero (all G or w
-   zero) are +0; the rest are the mpmath path's own sums (``linear._shares_dot``,
-   ``linear._dot`` over rows grouped by equal logits and targets) of the rows' exact units.
+   zero) are +0; the rest are the mpmath path's own sums (``linear.shares_dot``,
+   ``linear.weighted_sum`` over rows grouped by equal logits and targets) of the rows' exact units
+   (exact zeros by cancellation, rational rows of tied logits, float64 results near the
+   subnormal range, where the absolute 2**-1072 terms do not decide).
 
 **Results.** ``evaluate`` returns an ``OracleResult`` like the mpmath path's (values,
-gradients, ``operand_gradients``, condition numbers from the same formulas as
-``linear._Approx``, blockwise) or None for what it declines: z-loss and options other than
-``reduction``, ``ignore_index``, ``label_smoothing``, ``weight``; NaN or +inf anywhere but
-in ignored rows; a -inf bias under a target; a reduction over a zero denominator; logits of
-2**1000 and beyond, spreads beyond 2**20 within a row, or gradients that could overflow.
+gradients, ``operand_gradients``, condition numbers and scales, their numerators, from the
+formulas of ``linear.Approx``, blockwise, on the kept rows) or None for what it declines:
+z-loss and options other than ``reduction``, ``ignore_index``, ``label_smoothing``,
+``weight``; NaN or +inf anywhere but in ignored rows; a -inf bias under a target; a zero
+reduction denominator unless every row is ignored (then the gradients are +0 and the loss
+is NaN, or 0 for ``sum_over_batch_size``); logits of 2**1000 and beyond, spreads beyond
+2**20 within a row, targets of 2**900 and beyond, or gradients that could overflow.
 ``OracleResult.fast`` marks the rows decided without mpmath (for a reduced case, whether
-everything was); ``precision`` is ``fast.FAST_PRECISION`` for those. The 64-bit "exact"
-values are the double-double results (tier-1 dL/dh: its double, within its radius, far below
-the format's half-ULP), or the mpmath midpoints.
+everything was); ``precision`` is ``fast.FAST_PRECISION`` for the values decided here. The
+64-bit "exact" values are the centres of the enclosures that decided (double-doubles;
+tier-1 dL/dh and dL/dW: the BLAS double) or the mpmath midpoints: like the mpmath path's,
+they are as accurate as the rounding needed, far below the format's half-ULP of the value,
+but not relatively accurate where an entry cancels far below its scale or rounds to zero.
 
 Memory: about 40 N V doubles, plus one block of W in float64 (and its absolute value) and
 its dL/dW block; never N x V x D. Past ``COMPACT`` entries, dL/dW is returned as float32
-(every value of float32, float16 and bfloat16 is one) and its condition numbers and exact
-values as ``LazyArray`` (computed on access, block by block).
+(every value of float32, float16 and bfloat16 is one; float64 stays float64) and its
+condition numbers, scales and exact values as ``LazyArray`` (computed on access, block by
+block: conditions and scales by BLAS, exact values in double-double).
 """
 
 from __future__ import annotations
@@ -94,9 +109,9 @@ from stabcheck.oracle.rowwise import Softmax
 Array = np.ndarray
 
 U = 2.0**-53
-BLOCK_BYTES = 1 << 27  # float64 bytes of W per block of classes
+BLOCK_BYTES = 1 << 26  # float64 bytes of W per block of classes
 DD_ALL = 1 << 22  # N V D below which every gradient entry goes to double-double (tier 2)
-COMPACT = 1 << 26  # dL/dW entries above which it is float32 with lazy conditions and exacts
+COMPACT = 1 << 22  # dL/dW entries above which it is float32 with lazy conditions and exacts
 EAGER_EXACT = 1 << 16  # entries up to which exact values are built eagerly (object arrays)
 CHUNK = 1 << 21  # elements of the temporaries of tier 2
 STEP = 1400.0  # exp(-r) = exp(-r + STEP m) e**(-STEP m)
@@ -203,6 +218,8 @@ def _prepare(case: Case) -> _Prep | None:
     if w64 is not None:
         tz |= w64[None, :] == 0
     th, tl, rt = (np.where(tz, 0.0, a) for a in (th, tl, rt))
+    if not (np.abs(th) < 2.0**900).all():  # (Veltkamp's splitting overflows past 2**996)
+        return None
     if (~tz & mask[None, :]).any():  # a target on a -inf logit: the loss is +inf
         return None
     zero_rows = tz.all(axis=1)  # Y = 0: loss +0 and no gradient
@@ -219,12 +236,12 @@ def _prepare(case: Case) -> _Prep | None:
     else:
         Yh = Yl = rY = np.zeros(0)
     d, no_nan = options.denominator(case) if case.reduced else (Fraction(1), False)
-    if d == 0:
+    if d == 0 and live.size:  # 0/0 or x/0 on rows with gradients: left to mpmath
         return None
     shift = None  # d = 2**shift (d is dyadic: a sum of binary floats)
     if d.numerator & (d.numerator - 1) == 0 and d.denominator & (d.denominator - 1) == 0:
         shift = (d.numerator.bit_length() - 1) - (d.denominator.bit_length() - 1)
-    inv = 1 / d
+    inv = 1 / d if d else Fraction(1)
     ih = float(inv)
     il = float(inv - Fraction(ih))
     rel = float(abs(inv - Fraction(ih) - Fraction(il)) / inv) * 2 + EPS_OP
@@ -284,7 +301,8 @@ def _logits(prep: _Prep, weights: _Weights) -> tuple[Array, ...] | None:
         P = dot.products(h, Wb, bb)
         hi[:, blk], lo[:, blk], bnd[:, blk] = P.approximation()
         fallback += P.fallback_count
-        a[:, blk] = absh @ aWb.T + (0.0 if bb is None else np.abs(bb))
+        with np.errstate(over="ignore"):  # huge inputs are declined below
+            a[:, blk] = absh @ aWb.T + (0.0 if bb is None else np.abs(bb))
     prep.stats["logit_fallback"] = fallback
     prep.stats["logits"] = R * V
     return hi, lo, bnd, a, wmax
@@ -322,6 +340,8 @@ class _Rows:
     Gzero: Array  # G exactly 0
     p: Array
     Lzero: Array  # L exactly 0
+    k: Array  # the reference class of each row
+    T: tuple[Array, ...]  # G's transcendental part (before 1/d): h, lo, q, r, zero
 
 
 def _rows(prep: _Prep, hi: Array, lo: Array, bnd: Array, grad: bool) -> _Rows | None:
@@ -417,7 +437,7 @@ def _rows(prep: _Prep, hi: Array, lo: Array, bnd: Array, grad: bool) -> _Rows | 
     if prep.sparse_exact and R:  # D = r_label exactly: a halfway D goes up (L in (D, D + ...])
         lab = prep.labels
         xh, xl, exact = dd.add_exact(hi[rr, k], lo[rr, k], -hi[rr, lab], -lo[rr, lab])
-        exact &= (bnd[rr, k] == 0) & (bnd[rr, lab] == 0) & (xh > 0) & ~zeroD
+        exact &= (bnd[rr, k] == 0) & (bnd[rr, lab] == 0) & (xh > 0) & ~zeroD & has
         above, above_ok = dd.ziv_above(np.where(exact, xh, 1.0), np.where(exact, xl, 0.0),
                                        Lh, Ll, Lr, fmt)  # fmt: skip
         use = ~vok & exact & above_ok
@@ -478,6 +498,15 @@ def _rows(prep: _Prep, hi: Array, lo: Array, bnd: Array, grad: bool) -> _Rows | 
     Gzero[rr, k] = Yk_zero & ~has  # -t_k S / Z with S = 0
     Gh, Gl, Gr = (np.where(Gzero, 0.0, a) for a in (Gh, Gl, Gr))
     Gq = np.where(Gzero, 0, Gq)
+    # G = E + T, E rational (-t_j; Y - t_k at k), T = Y e_j / Z (j != k), -Y S / Z (at k)
+    YSh, YSl = dd.mul(YZh, YZl, Sh, Sl)
+    Th_, Tl_, Tq_ = Ah.copy(), Al.copy(), q.copy()
+    Tr_ = eps_A * Ah
+    Th_[rr, k], Tl_[rr, k], Tq_[rr, k] = -YSh, -YSl, qS
+    Tr_[rr, k] = (eps_YZ + eps_S + EPS_OP) * YSh
+    Tzero = ~valid.copy()
+    Tzero[rr, k] = ~has
+    T = (*(np.where(Tzero, 0, a) for a in (Th_, Tl_, Tq_, Tr_)), Tzero)
     # the reduction: G / d
     if prep.shift is not None:
         Gq = np.where(Gzero, 0, Gq - prep.shift)
@@ -491,7 +520,7 @@ def _rows(prep: _Prep, hi: Array, lo: Array, bnd: Array, grad: bool) -> _Rows | 
     # p (float64) for condition numbers
     with np.errstate(all="ignore"):
         p = np.where(valid, _ldexp(Mh / Zh[:, None], q), 0.0)
-    return _Rows(Lh, Ll, Lq, Lr, vval, vok, Gh, Gl, Gq, Gr, Gzero, p, single)
+    return _Rows(Lh, Ll, Lq, Lr, vval, vok, Gh, Gl, Gq, Gr, Gzero, p, single, k, T)
 
 
 def _ldexp(m: Array, e: Any) -> Array:
@@ -556,15 +585,20 @@ class _Scaled:
     G = 2**Q G~, Q the largest exponent of the row or class when below 2**-900, else 0;
     G~ = h + lo within r (r already includes 2**-1074 for ldexp's underflow)."""
 
-    def __init__(self, rows: _Rows, axis: int) -> None:
-        live = ~rows.Gzero
-        qmax = np.where(live, rows.Gq, _NONE).max(axis=axis, initial=_NONE)
+    def __init__(self, parts: tuple[Array, ...], axis: int) -> None:
+        h, lo, q, r, zero = parts
+        live = ~zero
+        qmax = np.where(live, q, _NONE).max(axis=axis, initial=_NONE)
         self.Q = np.where(qmax < _TINY_Q, np.where(qmax > _NONE, qmax, 0), 0).astype(np.int64)
         Qb = self.Q[:, None] if axis == 1 else self.Q[None, :]
-        e = rows.Gq - Qb
-        self.h = np.where(live, _ldexp(rows.Gh, e), 0.0)
-        self.lo = np.where(live, _ldexp(rows.Gl, e), 0.0)
-        self.r = np.where(live, _ldexp(rows.Gr, e) * _SAFE + 2.0**-1074, 0.0)
+        e = q - Qb
+        self.h = np.where(live, _ldexp(h, e), 0.0)
+        self.lo = np.where(live, _ldexp(lo, e), 0.0)
+        self.r = np.where(live, _ldexp(r, e) * _SAFE + 2.0**-1074, 0.0)
+
+    @classmethod
+    def of(cls, rows: _Rows, axis: int) -> _Scaled:
+        return cls((rows.Gh, rows.Gl, rows.Gq, rows.Gr, rows.Gzero), axis)
 
 
 @dataclass
@@ -616,47 +650,69 @@ def _pass_over_w(prep: _Prep, weights: _Weights, gs: _Scaled | None, Gap: Array,
     return vh, vl, bound, gh, hnum
 
 
-def _dh_dd(prep: _Prep, gs: _Scaled, pairs: tuple[Array, Array], out: _Grad) -> None:
-    """Tier 2 for dL/dh at (n, d) pairs: sum_v G~_nv W_vd in double-double, column chunks."""
-    n_idx, d_idx = pairs
-    if not n_idx.size:
-        return
+def _dh_terms(prep: _Prep, gs: _Scaled, n_idx: Array, d_idx: Array) -> tuple[Array, ...]:
+    """sum_v G~_nv W_vd at (n, d) pairs in double-double (column chunks): h, lo, the scale
+    exponent and a radius."""
     R, V = gs.h.shape
+    out = [np.zeros(n_idx.size), np.zeros(n_idx.size), gs.Q[n_idx].copy(), np.zeros(n_idx.size)]
     cols = np.unique(d_idx)
     per = max(1, CHUNK // max(1, R * V))
-    fmt = prep.fmt
     for c0 in range(0, cols.size, per):
         cs = cols[c0 : c0 + per]
         Wc = prep.W[:, cs].astype(np.float64)  # V x c
-        th, tl = dd.mul_d(gs.h[:, :, None] + 0 * Wc[None], gs.lo[:, :, None] + 0 * Wc[None],
-                          np.broadcast_to(Wc[None], (R, V, cs.size)))  # fmt: skip
+        # each column times 2**s (exact, bar entries 2**-1074 below its largest), so that
+        # subnormal columns lose nothing in the products; s goes into the exponent
+        top = np.abs(Wc).max(axis=0, initial=0.0)
+        s = np.where(top > 0, -np.frexp(top)[1], 0).astype(np.int64)
+        Wc = _ldexp(Wc, s[None, :])
+        shape = (R, V, cs.size)
+        th, tl = dd.mul_d(np.broadcast_to(gs.h[:, :, None], shape),
+                          np.broadcast_to(gs.lo[:, :, None], shape),
+                          np.broadcast_to(Wc[None], shape))  # fmt: skip
         sh, sl, L = _dd_sum(th, tl, axis=1)  # R x c
         aW = np.abs(Wc)
         A = np.abs(gs.h) @ aW
         Rr = (gs.r + 2.0**-1072) @ aW
         radius = ((L + 2) * EPS_OP * A + Rr) * (1 + 2 * gamma(V) + 2.0**-40)
         radius += (V + 1) * 2.0**-1072
-        sel = np.isin(d_idx, cs)
-        ns, ds = n_idx[sel], d_idx[sel]
-        j = np.searchsorted(cs, ds)
-        vh, vl, rad = sh[ns, j], sl[ns, j], radius[ns, j]
-        q = gs.Q[ns]
-        val, ok = dd.ziv(vh, vl, q.astype(np.int32), rad, fmt)
-        _put(out, (ns, ds), val, ok, vh, vl, q, 2)
+        sel = np.flatnonzero(np.isin(d_idx, cs))
+        ns, j = n_idx[sel], np.searchsorted(cs, d_idx[sel])
+        out[0][sel], out[1][sel], out[3][sel] = sh[ns, j], sl[ns, j], radius[ns, j]
+        out[2][sel] = gs.Q[ns] - s[j]
+    return tuple(out)
 
 
-def _dw_dd(prep: _Prep, gc: _Scaled, vs: Array, ds: Array) -> tuple[Array, ...]:
-    """Tier 2 for dL/dW at (v, d) pairs: sum_n G~_nv h_nd in double-double."""
-    h = prep.h
-    R = h.shape[0]
-    Gh, Gl, Gr, hv = gc.h[:, vs], gc.lo[:, vs], gc.r[:, vs], h[:, ds]
+def _dh_dd(prep: _Prep, gs: _Scaled, pairs: tuple[Array, Array], out: _Grad) -> None:
+    """Tier 2 for dL/dh at (n, d) pairs."""
+    n_idx, d_idx = pairs
+    if not n_idx.size:
+        return
+    vh, vl, q, rad = _dh_terms(prep, gs, n_idx, d_idx)
+    val, ok = dd.ziv(vh, vl, q.astype(np.int32), rad, prep.fmt)
+    _put(out, (n_idx, d_idx), val, ok, vh, vl, q, 2)
+
+
+def _dw_terms(prep: _Prep, gc: _Scaled, vs: Array, ds: Array | None) -> tuple[Array, ...]:
+    """sum_n G~_nv h_nd at (v, d) pairs in double-double (``ds`` None: sum_n G~_nv, for
+    dL/db): h, lo, the scale exponent and a radius."""
+    R = gc.h.shape[0]
+    Gh, Gl, Gr = gc.h[:, vs], gc.lo[:, vs], gc.r[:, vs]
+    hv = np.ones_like(Gh) if ds is None else prep.h[:, ds]
+    top = np.abs(hv).max(axis=0, initial=0.0)  # each column times 2**s, as in _dh_terms
+    s = np.where(top > 0, -np.frexp(top)[1], 0).astype(np.int64)
+    hv = _ldexp(hv, s[None, :])
     th, tl = dd.mul_d(Gh, Gl, hv)
     sh, sl, L = _dd_sum(th, tl, axis=0)
     ah = np.abs(hv)
     A = (np.abs(Gh) * ah).sum(axis=0)
     Rr = ((Gr + 2.0**-1072) * ah).sum(axis=0)
     radius = ((L + 2) * EPS_OP * A + Rr) * (1 + 2 * gamma(R) + 2.0**-40) + (R + 1) * 2.0**-1072
-    q = gc.Q[vs]
+    return sh, sl, gc.Q[vs] - s, radius
+
+
+def _dw_dd(prep: _Prep, gc: _Scaled, vs: Array, ds: Array) -> tuple[Array, ...]:
+    """Tier 2 for dL/dW at (v, d) pairs: (rounded, decided, h, lo, q)."""
+    sh, sl, q, radius = _dw_terms(prep, gc, vs, ds)
     val, ok = dd.ziv(sh, sl, q.astype(np.int32), radius, prep.fmt)
     return val, ok, sh, sl, q
 
@@ -673,47 +729,157 @@ def _put(out: _Grad, where: tuple[Array, ...], val: Array, ok: Array, h: Array, 
     out.tier[idx] = tier
 
 
-def _dw_pass(prep: _Prep, gc: _Scaled, out: _Grad, tier1: bool) -> None:
-    """dL/dW by blocks of classes: tier 1 (non-float64 formats, large cases) then tier 2 on
-    what is left, or tier 2 everywhere. ``out.h`` etc. are not kept for large outputs."""
+class _Columns:
+    """dL/dW: rounded values (float64, or float32 when compact), the double-doubles of the
+    decided entries (when not compact), the entries still undecided, counts per tier."""
+
+    def __init__(self, V: int, D: int, compact: bool, dtype: Any) -> None:
+        self.value = np.zeros((V, D), dtype)
+        shape = (0, D) if compact else (V, D)
+        self.h, self.lo = np.zeros(shape), np.zeros(shape)
+        self.q = np.zeros(shape, np.int64)
+        self.left: tuple[Array, Array] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.tiers = np.zeros(4, np.int64)
+        self.mid: dict[tuple[int, int], Any] = {}
+
+    @property
+    def keep(self) -> bool:
+        return self.h.shape[0] > 0
+
+
+class _Blas:
+    """Tier 1 of dL/dW for classes ``blk``: v = G~^T h by BLAS and a bound B with
+    [fl(v - B), fl(v + B)] around the exact G~^T h (see the module docstring)."""
+
+    def __init__(self, prep: _Prep, gc: _Scaled) -> None:
+        R, D = prep.h.shape
+        c2 = gamma(R) + 3 * U
+        self.gc, self.h = gc, prep.h
+        grow = 1 + 2 * gamma(R + 2) + 2.0**-40  # what the BLAS sum may lose of r
+        self.Bc = np.vstack([c2 * np.abs(gc.h) + gc.r * grow,
+                             np.full((1, prep.V), (R + 2) * 2.0**-1074)])  # fmt: skip
+        self.Hb = np.vstack([np.abs(prep.h), np.ones((1, D))])
+
+    def __call__(self, blk: slice) -> tuple[Array, Array]:
+        return self.gc.h[:, blk].T @ self.h, self.Bc[:, blk].T @ self.Hb
+
+
+def _dw_pass(prep: _Prep, gc: _Scaled, out: _Columns, tier1: bool) -> None:
+    """dL/dW by blocks of classes: tier 1 (formats below float64, large cases), then tier 2
+    on what is left (or on everything); ``out.left`` keeps what neither decided."""
     h, fmt = prep.h, prep.fmt
     R, D = h.shape
     V = prep.V
-    keep_dd = out.h.size > 0
     if tier1:
-        c2 = gamma(R) + 3 * U
-        Bc = np.vstack([c2 * np.abs(gc.h) + gc.r * _SAFE, np.full((1, V), (R + 2) * 2.0**-1074)])
-        Hb = np.vstack([np.abs(h), np.ones((1, D))])
+        blas = _Blas(prep, gc)
+        Bc, Hb = blas.Bc, blas.Hb
+        left_v, left_d = [], []
         for blk in _blocks(V, D):
-            v = gc.h[:, blk].T @ h
-            B = Bc[:, blk].T @ Hb
+            v, B = blas(blk)
             with np.errstate(over="ignore", invalid="ignore"):
-                value, ok = _round_ends(v - B, v + B, fmt)
+                lo_end = v - B
+                B += v  # the upper end, in place
+                value, ok = _round_ends(lo_end, B, fmt)
+            del lo_end, B
             Qb = gc.Q[blk]
             scaled = np.flatnonzero(Qb != 0)
             if scaled.size:
                 vs = v[scaled]
                 qs = np.broadcast_to(Qb[scaled, None], vs.shape).astype(np.int32)
-                val2, ok2 = dd.ziv(vs, np.zeros_like(vs), qs, B[scaled], fmt)
+                radius = (Bc[:, blk][:, scaled].T @ Hb) * _SAFE
+                val2, ok2 = dd.ziv(vs, np.zeros_like(vs), qs, radius, fmt)
                 value[scaled], ok[scaled] = val2, ok2
-            out.value[blk] = np.where(ok, value, 0.0)
-            out.ok[blk] = ok
-            out.tier[blk] = np.where(ok, 1, 0)
-            if keep_dd:
-                out.h[blk], out.q[blk] = np.where(ok, v, 0.0), np.where(ok, Qb[:, None], 0)
-        vs, ds = np.nonzero(~out.ok)
+            out.value[blk] = value
+            if out.keep:
+                out.h[blk], out.q[blk] = v, Qb[:, None]
+            rows_left = np.flatnonzero(~ok.all(axis=1))  # few: scan only their rows
+            bv, bd = np.nonzero(~ok[rows_left])
+            left_v.append(rows_left[bv] + blk.start)
+            left_d.append(bd)
+            out.tiers[1] += ok.size - bv.size
+        vs, ds = np.concatenate(left_v), np.concatenate(left_d)
     else:
-        vs, ds = np.nonzero(~out.ok)
+        vs, ds = (a.ravel() for a in np.indices((V, D)))
+    keep_v, keep_d = [], []
     per = max(1, CHUNK // max(1, R))
     for i0 in range(0, vs.size, per):
         v_, d_ = vs[i0 : i0 + per], ds[i0 : i0 + per]
         val, ok, sh, sl, q = _dw_dd(prep, gc, v_, d_)
-        fresh = ok
-        out.value[v_[fresh], d_[fresh]] = val[fresh]
-        out.ok[v_[fresh], d_[fresh]] = True
-        out.tier[v_[fresh], d_[fresh]] = 2
-        if keep_dd:
+        out.value[v_[ok], d_[ok]] = val[ok]
+        if out.keep:
             out.h[v_, d_], out.lo[v_, d_], out.q[v_, d_] = sh, sl, q
+        out.tiers[2] += int(ok.sum())
+        keep_v.append(v_[~ok])
+        keep_d.append(d_[~ok])
+    if keep_v:
+        out.left = (np.concatenate(keep_v), np.concatenate(keep_d))
+
+
+# -- exact part and transcendental part (tier 2b) ----------------------------------------------
+
+
+class _Split:
+    """For entries left undecided: G = E + T, with E's contribution summed exactly (Python
+    Fractions over E's few nonzero entries: the targets and the reference class) and T's in
+    double-double with a radius (``_dh_terms``, ``_dw_terms`` on T); the entry lies in
+    [(E w + tau - r) / d, (E w + tau + r) / d], exact ends, rounded alike or not. This
+    settles an exact part on (or next to) a rounding boundary plus a transcendental part too
+    small for 106 bits to place (sums of inputs where p underflows, ties broken by e**-1000)."""
+
+    def __init__(self, prep: _Prep, rows: _Rows) -> None:
+        self.prep, self.rows = prep, rows
+        self.E: dict[int, dict[int, Fraction]] = {}
+        self._row: _Scaled | None = None
+        self._col: _Scaled | None = None
+
+    def exact_row(self, n: int) -> dict[int, Fraction]:
+        if n not in self.E:
+            t = options.row_targets(self.prep.case, int(self.prep.rows[n]))
+            k = int(self.rows.k[n])
+            row = {v: -x for v, x in enumerate(t) if x}
+            row[k] = sum((x for v, x in enumerate(t) if v != k), Fraction(0))
+            self.E[n] = row
+        return self.E[n]
+
+    def decide(self, exact: list[Fraction], parts: tuple[Array, ...]) -> list[Any]:
+        """(rounded, 64-bit exact) or None per entry."""
+        fmt, d = self.prep.fmt, self.prep.d
+        out: list[Any] = []
+        for e, h, lo, q, r in zip(exact, *(a.tolist() for a in parts)):
+            if not (math.isfinite(h) and math.isfinite(r)):
+                out.append(None)
+                continue
+            scale = Fraction(2) ** int(q)
+            centre = (Fraction(h) + Fraction(lo)) * scale
+            radius = Fraction(r * _SAFE) * scale
+            low, high = fmt.round((e + centre - radius) / d), fmt.round((e + centre + radius) / d)
+            same = low == high and math.copysign(1, low) == math.copysign(1, high)
+            out.append((low, (e + centre) / d) if same and math.isfinite(low) else None)
+        return out
+
+    def dh(self, n_idx: Array, d_idx: Array) -> list[Any]:
+        if self._row is None:
+            self._row = _Scaled(self.rows.T, 1)
+        parts = _dh_terms(self.prep, self._row, n_idx, d_idx)
+        W = self.prep.W
+        exact = [sum((x * Fraction(float(W[v, d_])) for v, x in self.exact_row(n).items()),
+                     Fraction(0)) for n, d_ in zip(n_idx.tolist(), d_idx.tolist())]  # fmt: skip
+        return self.decide(exact, parts)
+
+    def columns(self, vs: Array, ds: Array | None) -> list[Any]:
+        """dL/dW at (v, d) pairs, or dL/db at v (``ds`` None)."""
+        if self._col is None:
+            self._col = _Scaled(self.rows.T, 0)
+        parts = _dw_terms(self.prep, self._col, vs, ds)
+        R = self.prep.h.shape[0]
+        rows = [self.exact_row(n) for n in range(R)]
+        h = self.prep.h
+        exact = []
+        for i, v in enumerate(vs.tolist()):
+            w = [1.0] * R if ds is None else h[:, int(ds[i])].tolist()
+            exact.append(sum((rows[n][v] * Fraction(w[n]) for n in range(R) if v in rows[n]),
+                             Fraction(0)))  # fmt: skip
+        return self.decide(exact, parts)
 
 
 # -- mpmath (tier 3) --------------------------------------------------------------------------
@@ -780,7 +946,7 @@ def _tier3_dh(prep: _Prep, mp: _Mpmath, pairs: tuple[Array, Array], out: _Grad) 
         def evaluate(prec: int, unit: Softmax = unit, Wcols: list = Wcols) -> list[Any]:
             G = unit(prec)[1]
             return [options.divide(q, d, no_nan, prec)
-                    for q in linear._shares_dot(unit, G, Wcols, prec)]  # fmt: skip
+                    for q in linear.shares_dot(unit, G, Wcols, prec)]  # fmt: skip
 
         pairs_, _ = _certify(evaluate, fmt)
         for c, (v, q) in zip(cols.tolist(), pairs_):
@@ -804,25 +970,21 @@ def _set_mid(out: _Grad, where: tuple[int, ...], q: Any) -> None:
 def _tier3_columns(prep: _Prep, mp: _Mpmath, dw: list[tuple[int, int]], db: list[int]
                    ) -> tuple[list[Any], list[Any]]:  # fmt: skip
     """dL/dW at (v, d) and dL/db at v as the mpmath path computes them: rows with equal
-    logits and targets summed first, then ``linear._dot`` of each class's G column."""
+    logits and targets summed first, then ``linear.weighted_sum`` of each class's G column."""
     R = prep.h.shape[0]
     mp.logits(list(range(R)))
     units = {n: mp.unit(n, True) for n in range(R)}
-    groups: dict[tuple, list[int]] = {}
-    for n, unit in units.items():
-        key = (tuple(map(linear._key, unit.x)), tuple(unit.y))
-        groups.setdefault(key, []).append(n)
-    members = list(groups.values())
+    members = linear.row_groups(units)
     ds = sorted({d_ for _, d_ in dw})
-    summed = {d_: [linear._sum_exact(prep.h[rows, d_]) for rows in members] for d_ in ds}
+    summed = {d_: [linear.sum_exact(prep.h[rows, d_]) for rows in members] for d_ in ds}
     counts = [Fraction(len(rows)) for rows in members]
     d, no_nan = prep.d, prep.no_nan
 
     def evaluate(prec: int) -> list[Any]:
         G = {n: unit(prec)[1] for n, unit in units.items()}
         first = [G[rows[0]] for rows in members]
-        out = [linear._dot([g[v] for g in first], summed[d_], prec) for v, d_ in dw]
-        out += [linear._dot([g[v] for g in first], counts, prec) for v in db]
+        out = [linear.weighted_sum([g[v] for g in first], summed[d_], prec) for v, d_ in dw]
+        out += [linear.weighted_sum([g[v] for g in first], counts, prec) for v in db]
         return [options.divide(q, d, no_nan, prec) for q in out]
 
     pairs, _ = _certify(evaluate, prep.fmt)
@@ -936,7 +1098,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
             return None, stats
         Ymax = float(np.max(prep.Yh + prep.rY)) * 2
         hmax = float(np.abs(prep.h).max(initial=0.0))
-        if Ymax * max(wmax, 1.0) * V >= 2.0**900 or Ymax * max(hmax, 1.0) * R >= 2.0**900:
+        if not (Ymax * max(wmax, 1.0) * V < 2.0**900 and Ymax * max(hmax, 1.0) * R < 2.0**900):
             return None, stats
         rows = _rows(prep, hi, lo, bnd, grad)
         if rows is None:
@@ -947,7 +1109,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
         rows = None
     mp = _Mpmath(prep)
 
-    # float64 approximations for condition numbers (``linear._Approx``, blockwise)
+    # float64 approximations for condition numbers (``linear.Approx``, blockwise)
     y = prep.th + prep.tl
     if rows is not None:
         Bv = y.sum(axis=1, keepdims=True)
@@ -960,7 +1122,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
 
     # the gradient of the rows (dL/dh): pass over W
     tier1_dh = grad and fmt.precision < 53 and R * V * D >= DD_ALL
-    gs = _Scaled(rows, 1) if (grad and rows is not None) else None
+    gs = _Scaled.of(rows, 1) if (grad and rows is not None) else None
     if R:
         vh, vl, bound, gh, hnum = _pass_over_w(prep, weights, gs, Gap, Cn if grad else None,
                                                tier1_dh)  # fmt: skip
@@ -983,7 +1145,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
         for i in np.flatnonzero(~value_ok).tolist():
             unit = mp.unit(i, False)
             pairs, prec = _certify(lambda p, unit=unit: [unit(p)[0]], fmt)
-            (v, q), = pairs
+            ((v, q),) = pairs
             value_rows[i] = v
             value_exact[i] = midpoint(q)
             L_approx[i] = float(midpoint(q))
@@ -1000,7 +1162,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
                 return [options.divide(summed, prep.d, prep.no_nan, prec)]
 
             pairs, prec = _certify(reduced_eval, fmt)
-            (rv, rq), = pairs
+            ((rv, rq),) = pairs
             r_exact = midpoint(rq)
             r_fast = False
             stats["rows_mpmath"] = R
@@ -1012,6 +1174,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
     with np.errstate(all="ignore"):
         num = (np.abs(prep.h) * np.abs(gh)).sum(axis=1) + (np.abs(Gap) * a).sum(axis=1)
         kappa = np.where(L_approx != 0, num / np.abs(L_approx), np.where(num == 0, 0.0, np.inf))
+        kappa = np.where(np.isfinite(num), kappa, np.nan)
 
     result: dict[str, Any] = {"case": case}
     fast_rows = np.ones(N, bool)
@@ -1057,45 +1220,49 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
         _dh_dd(prep, gs, todo, dh)
         _structural_dh(prep, rows, dh)
     # dL/dW and dL/db
-    compact = V * D > COMPACT and fmt.precision < 53
-    if compact:  # values as float32; no double-doubles kept (recomputed on access)
-        none = np.zeros(0)
-        dW = _Grad(np.zeros((V, D), np.float32), np.zeros((V, D), bool), none, none,
-                   none.astype(np.int64), np.zeros((V, D), np.int8))  # fmt: skip
-    else:
-        dW = _new_grad((V, D))
-    db = _new_grad((V,))
-    gc = _Scaled(rows, 0) if rows is not None else None
+    compact = V * D > COMPACT
+    dW = _Columns(V, D, compact, np.float32 if compact and fmt.precision < 53 else np.float64)
+    has_bias = case.operands.get("linear_bias") is not None
+    db = _new_grad((V,) if has_bias else (0,))
+    gc = _Scaled.of(rows, 0) if rows is not None else None
     if R and gc is not None:
         tier1_dw = fmt.precision < 53 and R * V * D >= DD_ALL
         _dw_pass(prep, gc, dW, tier1_dw)
-        sh, sl, L = _dd_sum(gc.h, gc.lo, axis=0)
-        A = np.abs(gc.h).sum(axis=0)
-        radius = ((L + 1) * EPS_OP * A + gc.r.sum(axis=0)) * (1 + 2 * gamma(R) + 2.0**-40)
-        val, ok = dd.ziv(sh, sl, gc.Q.astype(np.int32), radius, fmt)
-        _put(db, (np.arange(V),), val, ok, sh, sl, gc.Q, 2)
+        if has_bias:
+            sh, sl, L = _dd_sum(gc.h, gc.lo, axis=0)
+            A = np.abs(gc.h).sum(axis=0)
+            radius = ((L + 1) * EPS_OP * A + gc.r.sum(axis=0)) * (1 + 2 * gamma(R) + 2.0**-40)
+            val, ok = dd.ziv(sh, sl, gc.Q.astype(np.int32), radius, fmt)
+            _put(db, (np.arange(V),), val, ok, sh, sl, gc.Q, 2)
         _structural_dw(prep, rows, dW, db)
     else:  # no row has a gradient: every entry is exactly +0
-        dW.ok[:], db.ok[:] = True, True
+        db.ok[:] = True
+        dW.tiers[0] += V * D
+    if rows is not None and ((~dh.ok).any() or dW.left[0].size or (~db.ok).any()):
+        _tier2b(prep, rows, dh, dW, db)
     dh_left = np.nonzero(~dh.ok)
-    dW_left = list(zip(*[a.tolist() for a in np.nonzero(~dW.ok)]))
+    dW_left = list(zip(dW.left[0].tolist(), dW.left[1].tolist()))
     db_left = np.flatnonzero(~db.ok).tolist()
     if dh_left[0].size:
         _tier3_dh(prep, mp, dh_left, dh)
-    dW_mid: dict[tuple[int, int], Any] = {}
     if dW_left or db_left:
         pw, pb = _tier3_columns(prep, mp, dW_left, db_left)
         for (v_, d_), (val_, q_) in zip(dW_left, pw):
-            dW.value[v_, d_], dW.ok[v_, d_], dW.tier[v_, d_] = val_, True, 3
-            dW_mid[(v_, d_)] = midpoint(q_)
-            _set_mid(dW, (v_, d_), q_)
+            dW.value[v_, d_] = val_
+            dW.mid[(v_, d_)] = midpoint(q_)
+        dW.tiers[3] += len(dW_left)
         for v_, (val_, q_) in zip(db_left, pb):
             db.value[v_], db.ok[v_], db.tier[v_] = val_, True, 3
             _set_mid(db, (v_,), q_)
-    counts = np.bincount(np.concatenate([dh.tier.ravel(), dW.tier.ravel(), db.tier.ravel()]),
-                         minlength=4)  # fmt: skip
-    stats.update(entries=int(dh.tier.size + dW.tier.size + db.tier.size), zero=int(counts[0]),
-                 tier1=int(counts[1]), tier2=int(counts[2]), tier3=int(counts[3]))
+    counts = np.bincount(np.concatenate([dh.tier.ravel(), db.tier.ravel()]), minlength=4)
+    counts = counts + dW.tiers
+    stats.update(
+        entries=int(dh.tier.size + V * D + db.tier.size),
+        zero=int(counts[0]),
+        tier1=int(counts[1]),
+        tier2=int(counts[2]),
+        tier3=int(counts[3]),
+    )
     if dW_left or db_left:
         fast_rows[prep.rows] = False
     if dh_left[0].size:
@@ -1105,11 +1272,11 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
     grad_h = np.zeros((N, D))
     grad_h[prep.rows] = dh.value
     dh_approx = _approx(dh.h, dh.lo, dh.q)
-    dfl = float(prep.d)
+    dfl = float(prep.d) or 1.0  # as linear.gradients: numerators not divided by d = 0
     with np.errstate(all="ignore"):
-        hcond_rows = linear._divide(hnum / dfl, dh_approx)
-    hcond = np.zeros((N, D))
-    hcond[prep.rows] = hcond_rows
+        hcond_rows = linear.relative(hnum / dfl, dh_approx)
+    hcond, hscale = np.zeros((N, D)), np.zeros((N, D))
+    hcond[prep.rows], hscale[prep.rows] = hcond_rows, hnum / dfl
 
     def lazy_gradient_exact() -> Array:
         out = np.array([CTX.mpf(0)] * (N * D), dtype=object).reshape(N, D)
@@ -1120,7 +1287,7 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
     Cn_d = Cn / dfl if R else Cn
 
     def dw_exact_block(v0: int, v1: int) -> tuple[Array, Array, Array]:
-        if dW.h.size:
+        if dW.keep:
             return dW.h[v0:v1], dW.lo[v0:v1], dW.q[v0:v1]
         if not R:
             z = np.zeros((v1 - v0, D))
@@ -1133,37 +1300,53 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
     def dw_exact(v0: int, v1: int) -> Array:
         hh, ll, qq = dw_exact_block(v0, v1)
         out = _mpf_array(hh, ll, qq)
-        for (v_, d_), m in dW_mid.items():
+        for (v_, d_), m in dW.mid.items():
             if v0 <= v_ < v1:
                 out[v_ - v0, d_] = m
         return out
 
+    blas = _Blas(prep, gc) if (R and compact) else None
+
     def dw_condition(v0: int, v1: int) -> Array:
-        hh, ll, qq = dw_exact_block(v0, v1)
-        approx = _approx(hh, ll, qq)
-        for (v_, d_), m in dW_mid.items():
+        if blas is None:
+            hh, ll, qq = dw_exact_block(v0, v1)
+            approx = _approx(hh, ll, qq)
+        else:  # BLAS, and double-double where its bound does not keep it from zero
+            v, B = blas(slice(v0, v1))
+            near = np.nonzero(~(B < np.abs(v) * 2.0**-20))
+            if near[0].size:
+                _, _, sh_, sl_, _ = _dw_dd(prep, gc, near[0] + v0, near[1])
+                v[near] = sh_ + sl_
+            approx = _ldexp(v, gc.Q[v0:v1, None])
+        for (v_, d_), m in dW.mid.items():
             if v0 <= v_ < v1:
                 approx[v_ - v0, d_] = float(m)
-        numer = Cn_d[:, v0:v1].T @ absh if R else np.zeros((v1 - v0, D))
         with np.errstate(all="ignore"):
-            return linear._divide(numer, approx)
+            return linear.relative(dw_scale(v0, v1), approx)
+
+    def dw_scale(v0: int, v1: int) -> Array:
+        """The conditions' numerators over d (``Gradient.scale``)."""
+        return Cn_d[:, v0:v1].T @ absh if R else np.zeros((v1 - v0, D))
 
     if compact:
         w_cond: Any = LazyArray((V, D), np.float64, dw_condition)
         w_exact: Any = LazyArray((V, D), object, dw_exact)
+        w_scale: Any = LazyArray((V, D), np.float64, dw_scale)
     else:
-        w_cond = dw_condition(0, V)
+        w_cond, w_scale = dw_condition(0, V), dw_scale(0, V)
         w_exact = dw_exact(0, V) if V * D <= EAGER_EXACT else LazyArray((V, D), object, dw_exact)
-    operand = {"linear_weight": Gradient(dW.value, w_cond, w_exact)}
-    if prep.case.operands.get("linear_bias") is not None:
+    operand = {"linear_weight": Gradient(dW.value, w_cond, w_exact, scale=w_scale)}
+    if has_bias:
         b_approx = _approx(db.h, db.lo, db.q)
         bnum = Cn_d.sum(axis=0) if R else np.zeros(V)
         with np.errstate(all="ignore"):
-            b_cond = linear._divide(bnum, b_approx)
-        operand["linear_bias"] = Gradient(db.value, b_cond, _mpf_array(db.h, db.lo, db.q))
+            b_cond = linear.relative(bnum, b_approx)
+        operand["linear_bias"] = Gradient(db.value, b_cond, _mpf_array(db.h, db.lo, db.q),
+                                          scale=bnum)  # fmt: skip
     result.update(
         gradient=grad_h,
         gradient_condition=hcond,
+        gradient_scale=hscale,
         lazy_gradient_exact=lazy_gradient_exact,
         operand_gradients=operand,
         fast=fast_rows if not reduced else np.array(bool(r_fast and fast_rows.all())),
@@ -1171,9 +1354,47 @@ def evaluate_with_stats(case: Case, grad: bool) -> tuple[Any, dict[str, Any]]:
     return OracleResult(**result), stats
 
 
+def _tier2b(prep: _Prep, rows: _Rows, dh: _Grad, dW: _Columns, db: _Grad) -> None:
+    """Tier 2b (``_Split``) on the entries still undecided."""
+    split = _Split(prep, rows)
+    n_idx, d_idx = np.nonzero(~dh.ok)
+    if n_idx.size:
+        for n, d_, got in zip(n_idx.tolist(), d_idx.tolist(), split.dh(n_idx, d_idx)):
+            if got is not None:
+                dh.value[n, d_], dh.ok[n, d_], dh.tier[n, d_] = got[0], True, 2
+                _set_mid(dh, (n, d_), got[1])
+    vs, ds = dW.left
+    if vs.size:
+        got = split.columns(vs, ds)
+        done = np.array([g is not None for g in got])
+        for v, d_, g in zip(vs.tolist(), ds.tolist(), got):
+            if g is not None:
+                dW.value[v, d_] = g[0]
+                dW.mid[(v, d_)] = midpoint(g[1])
+                if dW.keep:
+                    _set_mid_columns(dW, v, d_, g[1])
+        dW.tiers[2] += int(done.sum())
+        dW.left = (vs[~done], ds[~done])
+    vb = np.flatnonzero(~db.ok)
+    if vb.size:
+        for v, g in zip(vb.tolist(), split.columns(vb, None)):
+            if g is not None:
+                db.value[v], db.ok[v], db.tier[v] = g[0], True, 2
+                _set_mid(db, (v,), g[1])
+
+
+def _set_mid_columns(dW: _Columns, v: int, d_: int, q: Any) -> None:
+    m = midpoint(q)
+    man, exp = CTX.frexp(m) if m else (CTX.mpf(0), 0)
+    hh = float(man)
+    dW.h[v, d_], dW.lo[v, d_], dW.q[v, d_] = hh, float(man - hh), int(exp)
+
+
 def _reduced_value(prep: _Prep, rows: _Rows | None) -> tuple[float, Any] | None:
     """The reduced loss from the rows' enclosures: (rounded, 64-bit exact) or None."""
     fmt = prep.fmt
+    if prep.d == 0:  # every row ignored: 0/0 is NaN (PyTorch), 0 (Keras)
+        return (0.0, CTX.mpf(0)) if prep.no_nan else (math.nan, CTX.mpf(math.nan))
     if rows is None or rows.Lzero.all():  # exactly 0
         return 0.0, CTX.mpf(0)
     live = ~rows.Lzero
@@ -1205,18 +1426,18 @@ def _structural_dh(prep: _Prep, rows: _Rows, dh: _Grad) -> None:
             dh.h[n, d_] = dh.lo[n, d_] = 0.0
 
 
-def _structural_dw(prep: _Prep, rows: _Rows, dW: _Grad, db: _Grad) -> None:
+def _structural_dw(prep: _Prep, rows: _Rows, dW: _Columns, db: _Grad) -> None:
     """dL/dW and dL/db entries that are exactly 0: h_nd = 0 wherever G_nv is not 0."""
     live = ~rows.Gzero  # R x V
-    v_idx, d_idx = np.nonzero(~dW.ok)
+    v_idx, d_idx = dW.left
     if v_idx.size:
-        hz = prep.h != 0  # R x D
-        hit = (live[:, v_idx] & hz[:, d_idx]).any(axis=0)
-        zero = ~hit
+        zero = ~(live[:, v_idx] & (prep.h[:, d_idx] != 0)).any(axis=0)
         vz, dz = v_idx[zero], d_idx[zero]
-        dW.value[vz, dz], dW.ok[vz, dz], dW.tier[vz, dz] = 0.0, True, 0
-        if dW.h.size:
+        dW.value[vz, dz] = 0.0
+        if dW.keep:
             dW.h[vz, dz] = dW.lo[vz, dz] = 0.0
+        dW.tiers[0] += int(zero.sum())
+        dW.left = (v_idx[~zero], d_idx[~zero])
     vb = np.flatnonzero(~db.ok)
     zero = vb[~live[:, vb].any(axis=0)]
     db.value[zero], db.ok[zero], db.tier[zero] = 0.0, True, 0

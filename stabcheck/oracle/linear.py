@@ -85,15 +85,16 @@ class LinearRow(Softmax):
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
         h, W, b = (None if a is None else np.asarray(a, np.float64) for a in self.inputs)
         targets = np.array([float(v) for v in self.y])
-        approx = _Approx(np.atleast_2d(h), W, b, targets[None, :])
+        approx = Approx(np.atleast_2d(h), W, b, targets[None, :])
         kappa = approx.value_condition()[0]
         value = float(midpoint(value)) if not isinstance(value, float) else value
+        if not (math.isfinite(value) and math.isfinite(kappa)):
+            return NAN, []
         loss = abs(value)
-        kappa = kappa / loss if loss else (0.0 if kappa == 0 else INF)
-        return (kappa if math.isfinite(value) else NAN), []
+        return (kappa / loss if loss else (0.0 if kappa == 0 else INF)), []
 
 
-class _Approx:
+class Approx:
     """float64 approximations for condition numbers: logits, softmax, G = B p - y and
     a = |h| |W|^T + |b|, the bound of each logit's change per unit of relative error."""
 
@@ -129,7 +130,7 @@ class _Approx:
         return dh, dW, db
 
 
-def _divide(numerator: np.ndarray, value: np.ndarray) -> np.ndarray:
+def relative(numerator: np.ndarray, value: np.ndarray) -> np.ndarray:
     """|numerator / value|: 0/0 is 0, x/0 is inf, NaN where the value is not finite."""
     with np.errstate(all="ignore"):
         out = np.abs(numerator / value)
@@ -146,12 +147,28 @@ def row_unit(case: Case, i: int, grad: bool) -> LinearRow:
                      case.param("z_loss") or 0.0)  # fmt: skip
 
 
-def _key(x: Fraction | float) -> Fraction | str:
-    """A logit as a dictionary key (NaN equal to itself)."""
-    return repr(x) if isinstance(x, float) else x
+def row_groups(units: dict[int, LinearRow]) -> list[list[int]]:
+    """The rows (keys of ``units``) grouped by equal G: equal targets, and logits equal up
+    to a shift (``_shape``)."""
+    groups: dict[tuple, list[int]] = {}
+    for n, unit in units.items():
+        groups.setdefault((_shape(unit), tuple(unit.y)), []).append(n)
+    return list(groups.values())
 
 
-def _sum_exact(values: np.ndarray) -> Fraction | float:
+def _shape(unit: LinearRow) -> tuple:
+    """What a row's G depends on besides its targets: its logits less their maximum (the
+    softmax is shift-invariant; -inf stays), or the logits themselves under a z-loss or
+    where one is NaN or +inf (as dictionary keys: NaN equal to itself)."""
+    x = unit.x
+    if unit.s or not isinstance(unit.m, Fraction) or any(
+        isinstance(v, float) and v != -INF for v in x
+    ):
+        return ("as is", *(repr(v) if isinstance(v, float) else v for v in x))
+    return ("shifted", *(v if isinstance(v, float) else v - unit.m for v in x))
+
+
+def sum_exact(values: np.ndarray) -> Fraction | float:
     """The exact sum of binary floats (IEEE where one is not finite)."""
     if not np.isfinite(values).all():
         with np.errstate(all="ignore"):
@@ -169,7 +186,7 @@ def _exact(values: np.ndarray) -> list[Fraction | float]:
     return [Fraction(float(v)) if math.isfinite(v) else float(v) for v in values]
 
 
-def _dot(qs: Sequence[Quantity], ws: Sequence[Fraction | float], prec: int) -> Quantity:
+def weighted_sum(qs: Sequence[Quantity], ws: Sequence[Fraction | float], prec: int) -> Quantity:
     """sum_i q_i w_i for quantities q and exact weights w: exact where every q is rational,
     enclosed otherwise; IEEE rules where a term is not finite."""
     if any(isinstance(v, float) for v in (*qs, *ws)):
@@ -189,7 +206,7 @@ def _dot(qs: Sequence[Quantity], ws: Sequence[Fraction | float], prec: int) -> Q
     return E.add(E.enclose(exact, prec), E.interval_sum(intervals, prec), prec)
 
 
-def _shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float]],
+def shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float]],
                 prec: int) -> list[Quantity]:  # fmt: skip
     """dL/dh of one row, sum_v G_v W_vd for each d, exactly where it is rational.
 
@@ -206,7 +223,7 @@ def _shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | floa
     rational = all(isinstance(g, Fraction) for g in G)
     special = any(isinstance(x, float) and x != -INF for x in unit.x)
     if unit.s or rational or special or any(isinstance(g, float) for g in G):
-        return [_dot(G, column, prec) for column in columns]
+        return [weighted_sum(G, column, prec) for column in columns]
     groups: dict[Fraction, list[int]] = {}  # -inf logits (p = 0, G = -y) in none
     for v, x in enumerate(unit.x):
         if x != -INF:
@@ -219,7 +236,7 @@ def _shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | floa
         c = sums[unit.m] / len(top)
         labels = sum((y * w for y, w in zip(unit.y, column) if y), Fraction(0))
         coefficients = [sums[x] - len(members) * c for x, members in groups.items()]
-        total = _dot(list(shares.values()), coefficients, prec)
+        total = weighted_sum(list(shares.values()), coefficients, prec)
         out.append(_plus(total, unit.Y * c - labels, prec))
     return out
 
@@ -237,10 +254,12 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
     64-bit exact approximations, scales: the conditions' numerators), keyed ``predictions``,
     ``linear_weight``, ``linear_bias`` (the last only when the case has a bias).
 
-    dL/dh is ``_shares_dot`` per row; dL/dW and dL/db sum over rows, and rows with equal
-    logits and targets (equal G) are summed first (their h exactly), so that equal and
-    opposite rows cancel exactly. Then each entry is divided by the reduction's
-    denominator."""
+    dL/dh is ``shares_dot`` per row; dL/dW and dL/db sum over rows, and rows with equal
+    targets and logits equal up to a shift (equal G, without z-loss) are summed first
+    (their h exactly), so that such rows cancel exactly. Rows whose softmaxes are
+    permutations of each other can still cancel exactly across classes; there the
+    precision runs out (``PrecisionLimitReached``). Then each entry is divided by the
+    reduction's denominator."""
     h = case.predictions.astype(np.float64)
     W = case.operands["linear_weight"].astype(np.float64)
     b = _bias(case)
@@ -249,12 +268,8 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
     units = {n: row_unit(case, n, True) for n in range(N) if not skip[n]}
     d, no_nan = options.denominator(case) if case.reduced else (Fraction(1), False)
     exact_W = [_exact(row) for row in W]
-    groups: dict[tuple, list[int]] = {}  # rows with equal logits and targets
-    for n, unit in units.items():
-        key = (tuple(map(_key, unit.x)), tuple(unit.y))
-        groups.setdefault(key, []).append(n)
-    members = list(groups.values())
-    summed_h = [[_sum_exact(h[rows, j]) for j in range(h.shape[1])] for rows in members]
+    members = row_groups(units)
+    summed_h = [[sum_exact(h[rows, j]) for j in range(h.shape[1])] for rows in members]
 
     # what no kept row contributes to (an ignored row's dL/dh; everything when every row
     # is ignored) stays exactly 0, even over a zero denominator, as in PyTorch
@@ -265,23 +280,23 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
         G = {n: unit(prec)[1] for n, unit in units.items()}
         out = []
         for n in range(N):
-            row = [Fraction(0)] * h.shape[1] if skip[n] else _shares_dot(units[n], G[n],
+            row = [Fraction(0)] * h.shape[1] if skip[n] else shares_dot(units[n], G[n],
                                                                           exact_W, prec)
             out += row
         first = [G[rows[0]] for rows in members]
         for v in range(V):
             column = [g[v] for g in first]
-            out += [_dot(column, [s[j] for s in summed_h], prec) for j in range(h.shape[1])]
+            out += [weighted_sum(column, [s[j] for s in summed_h], prec) for j in range(h.shape[1])]
         if b is not None:
             counts = [Fraction(len(rows)) for rows in members]
-            out += [_dot([g[v] for g in first], counts, prec) for v in range(V)]
+            out += [weighted_sum([g[v] for g in first], counts, prec) for v in range(V)]
         return [q if none else options.divide(q, d, no_nan, prec) for q, none in zip(out, empty)]
 
     pairs = E.certify_all(evaluate, case.format)
     y = np.array([[0.0] * V if skip[n] else [float(t) for t in options.row_targets(case, n)]
                   for n in range(N)])  # fmt: skip
     kept_h = np.where(skip[:, None], 0.0, h)  # an ignored row's NaN moves nothing
-    numerators = _Approx(kept_h, W, b, y).gradient_numerators()
+    numerators = Approx(kept_h, W, b, y).gradient_numerators()
     shapes = {"predictions": h.shape, "linear_weight": W.shape, "linear_bias": (V,)}
     names = [name for name in shapes if name != "linear_bias" or b is not None]
     out, start = {}, 0
@@ -294,5 +309,5 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
         approx = np.array([float(e) for e in exacts.ravel()]).reshape(shapes[name])
         with np.errstate(all="ignore"):
             scaled = numerator / float(d) if d else numerator
-        out[name] = (values, _divide(scaled, approx), exacts, scaled)
+        out[name] = (values, relative(scaled, approx), exacts, scaled)
     return out
