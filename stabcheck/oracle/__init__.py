@@ -289,7 +289,7 @@ class _Reduced:
 
     def condition(self) -> float:
         """sum_u kappa_u |L_u| / sum_u |L_u|, the units' values being non-negative."""
-        kappas = [unit.condition(q, [])[0] for unit, q in zip(self.units, self.last)]
+        kappas = [float(unit.condition(q, [])[0]) for unit, q in zip(self.units, self.last)]
         weights = [abs(float(midpoint(q))) if k == k else 0.0 for k, q in zip(kappas, self.last)]
         whole = sum(weights)
         return sum(k * w for k, w in zip(kappas, weights) if w) / whole if whole else math.nan
