@@ -57,34 +57,23 @@ def _kernel(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
     return mean.to(h.dtype)
 
 
-def accurate(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
-             reduction="none"):  # fmt: skip
-    return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
-                   reduction=reduction)  # fmt: skip
+def _variant(name, **defect):
+    """The kernel with ``defect`` (none: the accurate one), as a function of its own name
+    that takes what the audit gives it."""
+
+    def fn(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100, reduction="none"):
+        return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
+                       reduction=reduction, **defect)  # fmt: skip
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
 
 
-def not_rescaled(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
-                 reduction="none"):  # fmt: skip
-    return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
-                   reduction=reduction, rescale=False)  # fmt: skip
-
-
-def bf16_sum(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
-             reduction="none"):  # fmt: skip
-    return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
-                   reduction=reduction, acc=torch.bfloat16)  # fmt: skip
-
-
-def leaky_padding(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
-                  reduction="none"):  # fmt: skip
-    return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
-                   reduction=reduction, leak=True)  # fmt: skip
-
-
-def mean_over_all_rows(h, labels, linear_weight, linear_bias=None, *, ignore_index=-100,
-                       reduction="none"):  # fmt: skip
-    return _kernel(h, labels, linear_weight, linear_bias, ignore_index=ignore_index,
-                   reduction=reduction, count_all=True)  # fmt: skip
+accurate = _variant("accurate")
+not_rescaled = _variant("not_rescaled", rescale=False)
+bf16_sum = _variant("bf16_sum", acc=torch.bfloat16)
+leaky_padding = _variant("leaky_padding", leak=True)
+mean_over_all_rows = _variant("mean_over_all_rows", count_all=True)
 
 
 def _check(fn, regimes, **params):
