@@ -316,6 +316,7 @@ def _list(args: argparse.Namespace) -> int:
             "labels": s.labels.value,
             "output": s.output.value,
             "params": list(s.params),
+            "operands": list(s.operands),
             "aliases": list(s.aliases),
             "formula": s.formula,
         }
@@ -369,9 +370,8 @@ def _list(args: argparse.Namespace) -> int:
     for loss in losses:
         params = f" ({', '.join(loss['params'])})" if loss["params"] else ""
         print(f"  {loss['name']}{params}")
-        print(
-            f"      {loss['inputs']}, {loss['labels']} labels, {loss['output']}: {loss['formula']}"
-        )
+        inputs = loss["inputs"] + "".join(f", {o}" for o in loss["operands"])
+        print(f"      {inputs}, {loss['labels']} labels, {loss['output']}: {loss['formula']}")
     print("Formats:")
     for fmt in formats:
         print(f"  {fmt['name']:<9} {fmt['precision']:>2} bits, max {fmt['max']:.6g}")

@@ -397,3 +397,24 @@ def test_an_unexpected_failure_is_exit_2_with_a_traceback(monkeypatch, capsys):
     status, _, err = run(capsys, "list")
     assert status == 2
     assert "Traceback" in err and "could not run: RuntimeError: a bug" in err
+
+
+def test_oracle_takes_the_operands_of_the_linear_losses(capsys):
+    """Logits h W^T = [1, 2, 3] for h = [1, 2]: loss lse - 3, dL/dx = softmax - e_2, and
+    dL/dW = dL/dx^T h, computed here with mpmath at 60 digits."""
+    status, out, _ = run(capsys, "oracle", "linear_cross_entropy", "--predictions", "[[1, 2]]",
+                         "--linear-weight", "[[1, 0], [0, 1], [1, 1]]", "--labels", "[2]",
+                         "--grad", "--json")  # fmt: skip
+    assert status == 0
+    data = json.loads(out)
+    ctx = mpmath.MPContext()
+    ctx.dps = 60
+    z = ctx.exp(1) + ctx.exp(2) + ctx.exp(3)
+    assert float.fromhex(data["value"]) == float(ctx.log(z) - 3)
+    g = [ctx.exp(1) / z, ctx.exp(2) / z, ctx.exp(3) / z - 1]
+    want = [[float(g[v] * hj) for hj in (1, 2)] for v in range(3)]
+    got = [[float.fromhex(x) for x in row] for row in data["gradient_linear_weight"]]
+    assert got == want
+    assert data["case"]["linear_weight"][2] == ["0x1.0000000000000p+0"] * 2
+    status, out, _ = run(capsys, "list")
+    assert "hidden states, linear_weight, linear_bias, sparse labels" in out
