@@ -53,6 +53,19 @@ def test_classify(exact_value, expected, got, condition, status):
     assert classify(exact_value, expected, got, F64, condition)[0] == status
 
 
+def test_a_scale_gives_an_exact_zero_a_tolerance():
+    """An exact 0 with an infinite relative condition: the scale (first-order change per
+    unit relative change of the inputs) bounds the error, max_ulps eps x scale."""
+    zero, tiny = mpmath.mpf(0), 1e-17
+    assert classify(zero, 0.0, tiny, F64, math.inf)[0] == "inaccurate"  # inf -> 1: strict
+    assert classify(zero, 0.0, tiny, F64, math.inf, scale=1.0)[0] == "ok"  # 1e-17 <= 4 eps
+    assert classify(zero, 0.0, tiny, F64, math.inf, scale=1e-3)[0] == "inaccurate"
+    # away from zero it is the relative tolerance again: max(|exact|, scale)
+    one = mpmath.mpf(1)
+    assert classify(one, 1.0, 1.0 + 5 * ONE_ULP, F64, 1.0, scale=1.0)[0] == "inaccurate"
+    assert classify(one, 1.0, 1.0 + 7 * ONE_ULP, F64, 2.0, scale=2.0)[0] == "ok"
+
+
 def test_classify_counts_ulps_across_zero_and_in_the_format():
     # -smallest subnormal vs +smallest subnormal: two steps through the two zeros (0 apart)
     tiny = 2.0**-1074
