@@ -162,15 +162,18 @@ USER_CHOICES: Mapping[str, tuple[str, ...]] = {"reduction": ("none", "sum", "mea
 def options_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]:
     """The options of ``loss`` a function with keyword arguments ``accepts`` takes (None:
     any); the required ones always (a function without them fails, and says so)."""
-    return tuple(p.name for p in get_loss(loss).param_specs
-                 if p.required or accepts is None or p.name in accepts)  # fmt: skip
+    return _taken(get_loss(loss).param_specs, accepts)
 
 
 def operands_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...]:
     """The operands of ``loss`` a function with keyword arguments ``accepts`` takes (None:
     any); the required ones always."""
-    return tuple(o.name for o in get_loss(loss).operand_specs
-                 if o.required or accepts is None or o.name in accepts)  # fmt: skip
+    return _taken(get_loss(loss).operand_specs, accepts)
+
+
+def _taken(specs: Iterable[Any], accepts: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The names of ``specs`` that are required or among ``accepts`` (None: all)."""
+    return tuple(s.name for s in specs if s.required or accepts is None or s.name in accepts)
 
 
 def keywords(fn: Callable[..., Any]) -> tuple[str, ...] | None:

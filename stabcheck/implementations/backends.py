@@ -141,14 +141,14 @@ def _torch(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Retu
 def _tensorflow(fn: Callable[..., Any], grad_fn: Any, case: Case, grad: bool) -> Returned:
     tf = require("tensorflow")
     dtype = getattr(tf, case.format.name)
-    x = tf.cast(tf.constant(_wide(case.predictions)), dtype)
-    labels = (
-        tf.constant(case.labels)
-        if case.labels.dtype.kind == "i"
-        else tf.cast(tf.constant(_wide(case.labels)), dtype)
-    )
-    params = options(case, lambda a: tf.cast(tf.constant(_wide(a)), dtype))
-    operands = {name: tf.cast(tf.constant(_wide(a)), dtype) for name, a in case.operands.items()}
+
+    def tensor(a: np.ndarray) -> Any:
+        return tf.cast(tf.constant(_wide(a)), dtype)
+
+    x = tensor(case.predictions)
+    labels = tf.constant(case.labels) if case.labels.dtype.kind == "i" else tensor(case.labels)
+    params = options(case, tensor)
+    operands = {name: tensor(a) for name, a in case.operands.items()}
     with tf.GradientTape() as tape:
         tape.watch([x, *operands.values()])
         out = fn(x, labels, **operands, **params)
