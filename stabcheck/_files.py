@@ -25,17 +25,60 @@ Writer = tuple[Callable[[Any], Any], bool]  # write(file), binary
 
 
 def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename.
+
+    Where the system allows (Linux ``O_TMPFILE``) the file has no name while it is written
+    and gets its temporary one only for the instant before the rename, so a process killed
+    outright (SIGKILL, which nothing can catch) almost never leaves one behind; the next
+    ``replace_files`` of the same set removes any that is left."""
+    fd, tmp = _unnamed(path)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
+                       closefd=False) as f:  # fmt: skip
             write(f)
+        if tmp is None:
+            tmp = _name(fd, path)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     return path
+
+
+def _unnamed(path: Path) -> tuple[int, str | None]:
+    """An open file in the folder of ``path``: unnamed (``O_TMPFILE``, name None) where
+    the system supports it, else a temporary file named after ``path``."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.open(path.parent, flag | os.O_WRONLY, 0o644)
+        except OSError:
+            pass
+        else:
+            os.fchmod(fd, 0o644)
+            return fd, None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)
+    return fd, tmp
+
+
+def _name(fd: int, path: Path) -> str:
+    """Give the unnamed file ``fd`` a temporary name beside ``path`` (``linkat`` with
+    ``AT_SYMLINK_FOLLOW``, which ``os.link`` uses only when given a directory fd)."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            name = f".{path.name}.{os.urandom(4).hex()}.tmp"
+            try:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+                return str(path.parent / name)
+            except FileExistsError:
+                continue
+    finally:
+        os.close(folder)
 
 
 def output_directory(path: str | Path, name: str = "out") -> Path:

@@ -3,9 +3,11 @@ same set go, nothing temporary stays, and bad folders are refused up front."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from stabcheck._files import output_directory, replace_files, writable_file
+from stabcheck._files import atomic_write, output_directory, replace_files, writable_file
 from stabcheck.errors import InvalidArgument
 
 OWNED = ("summary.md", "run.json", "plots/*.png")
@@ -27,6 +29,33 @@ def test_a_new_set_replaces_the_old_one_and_its_stale_files(tmp_path):
     replace_files(tmp_path, {"summary.md": text("two"), "plots/b.png": text("b")}, OWNED)
     assert listing(tmp_path) == ["notes.txt", "plots/b.png", "summary.md"]
     assert (tmp_path / "summary.md").read_text() == "two"
+
+
+def test_a_file_being_written_has_no_name_in_its_folder(tmp_path):
+    """A process killed outright while writing (SIGKILL) must not leave a temporary file
+    in a report folder: on Linux the file is unnamed until the instant before its rename."""
+    seen = []
+
+    def write(f):
+        f.write("partial")
+        f.flush()
+        seen.append(listing(tmp_path))
+
+    atomic_write(tmp_path / "measurements.partial.csv", write)
+    if sys.platform.startswith("linux"):
+        assert seen == [[]]
+    assert listing(tmp_path) == ["measurements.partial.csv"]
+    assert (tmp_path / "measurements.partial.csv").read_text() == "partial"
+    assert (tmp_path / "measurements.partial.csv").stat().st_mode & 0o777 == 0o644
+
+    def broken(f):
+        f.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "measurements.partial.csv", broken)
+    assert listing(tmp_path) == ["measurements.partial.csv"]
+    assert (tmp_path / "measurements.partial.csv").read_text() == "partial"
 
 
 def test_a_set_that_fails_to_write_leaves_the_old_one_untouched(tmp_path):
