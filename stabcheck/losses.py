@@ -371,7 +371,7 @@ LOSSES: tuple[LossSpec, ...] = (
         formula="logsumexp(x) - x_k with logits x = h W^T + b computed exactly",
         gradient="dL/dh = g W, dL/dW = g^T h, dL/db = sum over rows of g, "
         "g_i = softmax(x)_i - [i = k]",
-        params=("label_smoothing", "weight", "ignore_index", "z_loss", "reduction"),
+        params=("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "reduction"),
         aliases=("sparse_linear_cross_entropy", "fused_linear_cross_entropy"),
         operands=("linear_weight", "linear_bias"),
     ),
@@ -384,7 +384,7 @@ LOSSES: tuple[LossSpec, ...] = (
         formula="sum_i y_i (logsumexp(x) - x_i) with logits x = h W^T + b computed exactly",
         gradient="dL/dh = g W, dL/dW = g^T h, dL/db = sum over rows of g, "
         "g_i = (sum_j y_j) softmax(x)_i - y_i",
-        params=("label_smoothing", "weight", "z_loss", "reduction"),
+        params=("label_smoothing", "weight", "z_loss", "softcap", "reduction"),
         operands=("linear_weight", "linear_bias"),
     ),
 )

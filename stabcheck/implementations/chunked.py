@@ -4,17 +4,19 @@ vocabulary-parallel (Megatron), over two shard counts.
 
 Notation as in ``stabcheck.losses``: hidden states ``h`` (N x D), classifier ``W`` (V x D),
 bias ``b``, logits ``x = h W^T + b``, ``C = V`` classes, integer labels ``k`` or soft labels
-``y``, smoothing ``e``, class weights ``w``, z-loss scale ``z``. Each kernel computes in the
-compute dtype, float32 (float64 for float64 inputs: products and sums of every logit in it,
-as a GPU matmul with float32 accumulation does), and returns the input dtype. The targets are
+``y``, smoothing ``e``, class weights ``w``, z-loss scale ``z``, softcap ``c``. Each kernel
+computes in the compute dtype, float32 (float64 for float64 inputs: products and sums of every
+logit in it, as a GPU matmul with float32 accumulation does), and returns the input dtype. The
+targets are
 the catalogue's ``t_i = w_i ((1 - e) y_i + e / C)``, split for integer labels into the hard
 part ``a = (1 - e) w_k`` at ``k`` and the spread part ``u_i = (e / C) w_i``; for soft labels
 ``u = t`` and ``a = 0``.
 
 ``chunked(acc=A)``, A one of float32, bfloat16 (ml_dtypes), float16: one pass over the
 classes in chunks ``c`` of ``CHUNK`` = 2 (so that the strategies' rows of 3 to 8 classes
-cross chunk boundaries), each chunk's logits ``x_c = h W_c^T + b_c`` in the compute dtype,
-and per row three running accumulators stored in A (rounded to A after every update; each
+cross chunk boundaries), each chunk's logits ``x_c = h W_c^T + b_c`` in the compute dtype
+(under a softcap ``x_c = c tanh(x_c / c)``, as Liger and Gemma cap them; a ``-inf`` logit stays
+``-inf``), and per row three running accumulators stored in A (rounded to A after every update; each
 update computed in the compute dtype from their stored values):
 
     m' = A(max(m, max_i x_ci)),   s' = A(s exp(m - m') + sum_i exp(x_ci - m')),
@@ -26,7 +28,8 @@ adds 0); the target logit ``x_k`` is picked from its chunk, not accumulated. The
     lse = m + log s,   loss = a (lse - x_k) + (U lse - r) + z lse^2,   U = sum_i u_i.
 
 The gradient is a second pass over the chunks: ``G_c = (B exp(x_c - lse) - t_c) / d`` with
-``B = a + U + 2 z lse`` and ``d`` the reduction's denominator (1 for none and sum), and
+``B = a + U + 2 z lse`` and ``d`` the reduction's denominator (1 for none and sum), times
+``1 - tanh(x_c / c)^2`` of the uncapped logits under a softcap, and
 
     dL/dh = A(dL/dh + G_c W_c) chunk after chunk,   dL/dW_c = G_c^T h,   dL/db_c = sum_n G_nc,
 
@@ -97,6 +100,7 @@ class _Problem:
     smoothing: float
     weight: Array | None
     z_loss: float
+    softcap: float | None
     reduction: str
     dtype: np.dtype  # the input's
 
@@ -104,7 +108,7 @@ class _Problem:
     def build(cls, h: Array, labels: Array, W: Array, b: Array | None, sparse: bool,
               label_smoothing: float = 0.0, weight: Array | None = None,
               ignore_index: int | None = None, z_loss: float = 0.0,
-              reduction: str = "none") -> _Problem:  # fmt: skip
+              softcap: float | None = None, reduction: str = "none") -> _Problem:  # fmt: skip
         dtype = np.asarray(h).dtype
         ct = np.dtype(np.float64 if dtype == np.float64 else np.float32)
         labels = np.asarray(labels)
@@ -117,8 +121,8 @@ class _Problem:
         h = np.where(kept[:, None], np.asarray(h).astype(ct), 0)
         return cls(h, np.asarray(W).astype(ct), None if b is None else np.asarray(b).astype(ct),
                    labels, kept, sparse, label_smoothing,
-                   None if weight is None else np.asarray(weight).astype(ct), z_loss, reduction,
-                   dtype)  # fmt: skip
+                   None if weight is None else np.asarray(weight).astype(ct), z_loss, softcap,
+                   reduction, dtype)  # fmt: skip
 
     @property
     def ct(self) -> np.dtype:
@@ -130,7 +134,22 @@ class _Problem:
         return self.W.shape[0]
 
     def logits(self, lo: int, hi: int) -> Array:
-        """``h W_c^T + b_c`` for the classes ``lo`` to ``hi - 1``, in the compute dtype."""
+        """``h W_c^T + b_c`` for the classes ``lo`` to ``hi - 1``, in the compute dtype,
+        softcapped."""
+        x = self._uncapped(lo, hi)
+        if self.softcap is None:
+            return x
+        c = self.ct.type(self.softcap)
+        return np.where(x == -np.inf, x, c * np.tanh(x / c))
+
+    def slope(self, lo: int, hi: int) -> Array | int:
+        """``du/dx`` of the softcap, ``1 - tanh(x_c / c)^2`` (1 without one)."""
+        if self.softcap is None:
+            return 1
+        t = np.tanh(self._uncapped(lo, hi) / self.ct.type(self.softcap))
+        return 1 - t * t
+
+    def _uncapped(self, lo: int, hi: int) -> Array:
         x = self.h @ self.W[lo:hi].T
         return x if self.b is None else x + self.b[lo:hi]
 
@@ -234,7 +253,8 @@ def _chunked(P: _Problem, acc: np.dtype, grad: bool) -> Any:
     dh, dW, db = np.zeros(P.h.shape, ct), [], []
     for lo, hi in _bounds(P.classes, CHUNK):
         x = P.logits(lo, hi)
-        G = P.scaled(B[:, None] * np.exp(x - lse[:, None]) - P.targets(lo, hi))
+        G = P.scaled((B[:, None] * np.exp(x - lse[:, None]) - P.targets(lo, hi))
+                     * P.slope(lo, hi))  # fmt: skip
         dh = stored(dh + G @ P.W[lo:hi])
         dW.append(G.T @ P.h)
         db.append(G.sum(axis=0))
@@ -309,8 +329,8 @@ class VocabParallel:
 
 def _register() -> None:
     both: dict[str, tuple[str, ...]] = {
-        LINEAR: ("label_smoothing", "weight", "ignore_index", "z_loss", "reduction"),
-        SOFT: ("label_smoothing", "weight", "z_loss", "reduction"),
+        LINEAR: ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "reduction"),
+        SOFT: ("label_smoothing", "weight", "z_loss", "softcap", "reduction"),
     }
     for acc in ACCUMULATORS:
         for loss, params in both.items():

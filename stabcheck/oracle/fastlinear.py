@@ -63,7 +63,7 @@ k), else as a plain double-double with an absolute radius; a reduction's 1/d is 
 **Results.** ``evaluate`` returns an ``OracleResult`` like the mpmath path's (values,
 gradients, ``operand_gradients``, condition numbers and scales, their numerators, from the
 formulas of ``linear.Approx``, blockwise, on the kept rows) or None for what it declines:
-z-loss and options other than ``reduction``, ``ignore_index``, ``label_smoothing``,
+z-loss, softcap and the other options but ``reduction``, ``ignore_index``, ``label_smoothing``,
 ``weight``; NaN or +inf anywhere but in ignored rows; a -inf bias under a target; a zero
 reduction denominator unless every row is ignored (then the gradients are +0 and the loss
 is NaN, or 0 for ``sum_over_batch_size``); logits of 2**1000 and beyond, spreads beyond

@@ -5,8 +5,9 @@ Each finite logit is a sum of exact products of binary floats: a dyadic rational
 exactly (``logits``, through the error-free BLAS products of ``dot``). Non-finite inputs
 follow IEEE rules (inf times 0 and +inf plus -inf are NaN; otherwise an infinite product
 makes the logit infinite); the softmax conventions of ``rowwise`` then apply to the logits.
-A row's loss is ``rowwise.Softmax`` on its exact logits (``LinearRow``). With G = dL/dx
-(N x V, one row per unit),
+A row's loss is ``rowwise.Softmax`` on its exact logits (``LinearRow``), or under a softcap
+``rowwise.Capped`` (``CappedLinearRow``: u = c tanh(x / c), G carries sech^2(x / c)). With
+G = dL/dx (N x V, one row per unit),
 
     dL/dh = G W,    dL/dW = G^T h,    dL/db = sum_n G_n,
 
@@ -35,7 +36,7 @@ from stabcheck.losses import LabelKind
 from stabcheck.oracle import dot, options
 from stabcheck.oracle import enclosure as E
 from stabcheck.oracle.enclosure import Quantity, midpoint
-from stabcheck.oracle.rowwise import Softmax
+from stabcheck.oracle.rowwise import Capped, Softmax
 
 NAN, INF = math.nan, math.inf
 
@@ -73,19 +74,18 @@ def _ieee(h: np.ndarray, w: np.ndarray, bias: Fraction | float) -> float:
     return terms[0]
 
 
-class LinearRow(Softmax):
-    """One row's loss: ``Softmax`` on the row's exact logits h_n W^T + b; its condition
-    number is taken with respect to h_n, W and b (see the module docstring)."""
+class _Linear:
+    """What a row of a linear loss adds to its softmax unit: the inputs h_n, W, b, and its
+    condition number with respect to them (see the module docstring)."""
 
-    def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None, y: Any,
-                 grad: bool, soft: bool, z_loss: float = 0.0) -> None:  # fmt: skip
-        super().__init__(logits(h, W, b)[0], y, grad, soft, z_loss)
-        self.inputs = (h, W, b)
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray | None]
+    y: list[Fraction]
+    cap: float | None = None
 
     def condition(self, value: Quantity, grads: list[Quantity]) -> tuple[float, list[float]]:
         h, W, b = (None if a is None else np.asarray(a, np.float64) for a in self.inputs)
         targets = np.array([float(v) for v in self.y])
-        approx = Approx(np.atleast_2d(h), W, b, targets[None, :])
+        approx = Approx(np.atleast_2d(h), W, b, targets[None, :], self.cap)
         kappa = approx.value_condition()[0]
         value = float(midpoint(value)) if not isinstance(value, float) else value
         if not (math.isfinite(value) and math.isfinite(kappa)):
@@ -94,23 +94,52 @@ class LinearRow(Softmax):
         return (kappa / loss if loss else (0.0 if kappa == 0 else INF)), []
 
 
+class LinearRow(_Linear, Softmax):
+    """One row's loss: ``Softmax`` on the row's exact logits h_n W^T + b."""
+
+    def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None, y: Any,
+                 grad: bool, soft: bool, z_loss: float = 0.0) -> None:  # fmt: skip
+        super().__init__(logits(h, W, b)[0], y, grad, soft, z_loss)
+        self.inputs = (h, W, b)
+
+
+class CappedLinearRow(_Linear, Capped):
+    """One row's loss under a softcap c: ``Capped`` on the row's exact logits, so
+    u = c tanh((h_n W^T + b) / c) and G = dL/dx carries the factor sech^2(x / c)."""
+
+    def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None, y: Any,
+                 grad: bool, soft: bool, softcap: float, z_loss: float = 0.0) -> None:  # fmt: skip
+        super().__init__(logits(h, W, b)[0], y, grad, soft, softcap, z_loss)
+        self.inputs, self.cap = (h, W, b), softcap
+
+
 class Approx:
-    """float64 approximations for condition numbers: logits, softmax, G = B p - y and
-    a = |h| |W|^T + |b|, the bound of each logit's change per unit of relative error."""
+    """float64 approximations for condition numbers: logits x, under a softcap c the
+    capped u = c tanh(x / c) (else u = x) and s = du/dx = sech^2(x / c), the softmax p of
+    u, G = (B p - y) s and a = |h| |W|^T + |b|, the bound of each logit's change per unit
+    of relative error (s a for u)."""
 
     def __init__(self, h: np.ndarray, W: np.ndarray, b: np.ndarray | None,
-                 y: np.ndarray) -> None:  # fmt: skip
+                 y: np.ndarray, cap: float | None = None) -> None:  # fmt: skip
         with np.errstate(all="ignore"):
             x = h @ W.T + (0.0 if b is None else b)
-            shifted = x - x.max(axis=1, keepdims=True)
+            self.capped = cap is not None
+            if cap is None:
+                u, self.s, self.ds = x, np.ones_like(x), np.zeros_like(x)
+            else:  # a -inf logit (a masked lane) stays -inf, with s = 0
+                t = np.tanh(x / cap)
+                u = np.where(x == -INF, -INF, cap * t)
+                self.s = 1 - t * t
+                self.ds = np.abs(2 * self.s * t / cap)  # |ds/dx|
+            shifted = u - u.max(axis=1, keepdims=True)
             e = np.exp(shifted)
             self.p = e / e.sum(axis=1, keepdims=True)
-            self.G = y.sum(axis=1, keepdims=True) * self.p - y
+            self.B = y.sum(axis=1, keepdims=True)
+            self.G = (self.B * self.p - y) * self.s
             # an infinite bias (a masked class) moves with no relative error: no term
             bias = 0.0 if b is None else np.where(np.isfinite(b), np.abs(b), 0.0)
             self.a = np.abs(h) @ np.abs(W).T + bias
-            self.B = y.sum(axis=1, keepdims=True)
-        self.h, self.W, self.b = h, W, b
+        self.h, self.W, self.b, self.y = h, W, b, y
 
     def value_condition(self) -> np.ndarray:
         """Per row, sum_d |h_d dL/dh_d| + sum_v |G_v| a_v (before dividing by L)."""
@@ -120,9 +149,13 @@ class Approx:
 
     def gradient_numerators(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """First-order bounds of the change of dL/dh, dL/dW, dL/db per unit of relative
-        error in every input: |dG| <= B p (a + sum_u p_u a_u), then |dG| |W| + |G| |dW|."""
+        error in every input: with a' = s a, |dG| <= s B p (a' + sum_u p_u a'_u) +
+        |B p - y| |ds/dx| a, then |dG| |W| + |G| |dW|."""
         with np.errstate(all="ignore"):
-            dG = self.B * self.p * (self.a + (self.p * self.a).sum(axis=1, keepdims=True))
+            moved = self.s * self.a
+            dG = self.s * self.B * self.p * (moved + (self.p * moved).sum(axis=1, keepdims=True))
+            if self.capped:
+                dG += np.abs(self.B * self.p - self.y) * self.ds * self.a
             absG, absW, absh = np.abs(self.G), np.abs(self.W), np.abs(self.h)
             dh = dG @ absW + absG @ absW
             dW = dG.T @ absh + absG.T @ absh
@@ -139,15 +172,18 @@ def relative(numerator: np.ndarray, value: np.ndarray) -> np.ndarray:
     return out
 
 
-def row_unit(case: Case, i: int, grad: bool) -> LinearRow:
+def row_unit(case: Case, i: int, grad: bool) -> LinearRow | CappedLinearRow:
     """The oracle unit of row ``i`` of a linear case."""
-    return LinearRow(case.predictions[i : i + 1].astype(np.float64),
-                     case.operands["linear_weight"].astype(np.float64), _bias(case),
-                     options.row_targets(case, i), grad, case.loss.labels is not LabelKind.SPARSE,
-                     case.param("z_loss") or 0.0)  # fmt: skip
+    h = case.predictions[i : i + 1].astype(np.float64)
+    W, b = case.operands["linear_weight"].astype(np.float64), _bias(case)
+    y, soft = options.row_targets(case, i), case.loss.labels is not LabelKind.SPARSE
+    z_loss, cap = case.param("z_loss") or 0.0, case.param("softcap")
+    if cap is not None:
+        return CappedLinearRow(h, W, b, y, grad, soft, cap, z_loss)
+    return LinearRow(h, W, b, y, grad, soft, z_loss)
 
 
-def row_groups(units: dict[int, LinearRow]) -> list[list[int]]:
+def row_groups(units: dict[int, Any]) -> list[list[int]]:
     """The rows (keys of ``units``) grouped by equal G: equal targets, and logits equal up
     to a shift (``_shape``)."""
     groups: dict[tuple, list[int]] = {}
@@ -156,12 +192,13 @@ def row_groups(units: dict[int, LinearRow]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _shape(unit: LinearRow) -> tuple:
+def _shape(unit: Any) -> tuple:
     """What a row's G depends on besides its targets: its logits less their maximum (the
     softmax is shift-invariant; -inf stays), or the logits themselves under a z-loss or
-    where one is NaN or +inf (as dictionary keys: NaN equal to itself)."""
+    where one is NaN or +inf, or under a softcap, which is not shift-invariant (as
+    dictionary keys: NaN equal to itself)."""
     x = unit.x
-    if unit.s or not isinstance(unit.m, Fraction) or any(
+    if isinstance(unit, Capped) or unit.s or not isinstance(unit.m, Fraction) or any(
         isinstance(v, float) and v != -INF for v in x
     ):
         return ("as is", *(repr(v) if isinstance(v, float) else v for v in x))
@@ -206,7 +243,7 @@ def weighted_sum(qs: Sequence[Quantity], ws: Sequence[Fraction | float], prec: i
     return E.add(E.enclose(exact, prec), E.interval_sum(intervals, prec), prec)
 
 
-def shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float]],
+def shares_dot(unit: Any, G: list[Quantity], W: list[list[Fraction | float]],
                 prec: int) -> list[Quantity]:  # fmt: skip
     """dL/dh of one row, sum_v G_v W_vd for each d, exactly where it is rational.
 
@@ -220,6 +257,8 @@ def shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float
     so a rational result has every coefficient W_gd - n_g c_d zero: found exactly, where
     intervals alone never narrow to a point."""
     columns = list(zip(*W))
+    if isinstance(unit, Capped):
+        return [_capped_dot(unit, G, column, prec) for column in columns]
     rational = all(isinstance(g, Fraction) for g in G)
     special = any(isinstance(x, float) and x != -INF for x in unit.x)
     if unit.s or rational or special or any(isinstance(g, float) for g in G):
@@ -239,6 +278,20 @@ def shares_dot(unit: LinearRow, G: list[Quantity], W: list[list[Fraction | float
         total = weighted_sum(list(shares.values()), coefficients, prec)
         out.append(_plus(total, unit.Y * c - labels, prec))
     return out
+
+
+def _capped_dot(unit: Capped, G: list[Quantity], column: Sequence[Fraction | float],
+                prec: int) -> Quantity:  # fmt: skip
+    """sum_v G_v W_vd under a softcap. Where every live logit ties at a finite maximum
+    without z-loss, G_v = (Y/n - y_v) sech^2(m / c) share one factor, so the sum is
+    exactly 0 where the rational sum_v (Y/n - y_v) W_vd is (intervals never narrow to 0)."""
+    tied = unit._special() is None and not unit.others.size and not unit.s
+    if tied and isinstance(unit.m, Fraction) and all(isinstance(column[v], Fraction)
+                                                      for v in unit.ties):  # fmt: skip
+        n = unit.ties.size
+        if not sum(((unit.Y / n - unit.y[v]) * column[v] for v in unit.ties), Fraction(0)):
+            return Fraction(0)
+    return weighted_sum(G, column, prec)
 
 
 def _plus(q: Quantity, r: Fraction, prec: int) -> Quantity:
@@ -296,7 +349,7 @@ def gradients(case: Case) -> dict[str, tuple[np.ndarray, ...]]:
     y = np.array([[0.0] * V if skip[n] else [float(t) for t in options.row_targets(case, n)]
                   for n in range(N)])  # fmt: skip
     kept_h = np.where(skip[:, None], 0.0, h)  # an ignored row's NaN moves nothing
-    numerators = Approx(kept_h, W, b, y).gradient_numerators()
+    numerators = Approx(kept_h, W, b, y, case.param("softcap")).gradient_numerators()
     shapes = {"predictions": h.shape, "linear_weight": W.shape, "linear_bias": (V,)}
     names = [name for name in shapes if name != "linear_bias" or b is not None]
     out, start = {}, 0

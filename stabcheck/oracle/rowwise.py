@@ -247,18 +247,19 @@ class Capped:
     def __init__(self, x: np.ndarray, y: Any, grad: bool, soft: bool, softcap: float,
                  z_loss: float = 0.0) -> None:  # fmt: skip
         self.x, self.grad, self.soft = x, grad, soft
+        self.kinds = _kinds(x)
         self.y = [v if isinstance(v, Fraction) else Fraction(float(v)) for v in y]
         self.c, self.s = Fraction(softcap), Fraction(z_loss)
         self.Y = sum(self.y, Fraction(0))
-        self.live = np.flatnonzero(x != -INF)  # lanes with probability
-        if self.live.size:
-            self.m = float(np.max(x[self.live]))
+        self.live = np.flatnonzero(self.kinds != -INF)  # lanes with probability
+        if self.live.size and not np.isnan(self.kinds).any():
+            self.m = max(x[self.live])  # exact: a float or a dyadic Fraction
             self.ties = np.flatnonzero(x == self.m)
             self.others = np.setdiff1d(self.live, self.ties)
 
     def _special(self) -> tuple[Quantity, list[Quantity]] | None:
         C = len(self.x)
-        if np.isnan(self.x).any():
+        if np.isnan(self.kinds).any():
             return NAN, [NAN] * C
         if not self.live.size:  # every lane masked: no softmax
             if self.Y == 0 and not self.s:
@@ -267,7 +268,7 @@ class Capped:
         return None
 
     def _u(self, i: int, prec: int) -> E.Interval:
-        x = float(self.x[i])
+        x = self.x[i]
         if x == 0 or x == INF:
             return E.enclose(Fraction(0) if x == 0 else self.c, prec)
         return E.smul(E.enclose(self.c, prec), E.tanh(E.enclose(Fraction(x) / self.c, prec),
@@ -312,7 +313,7 @@ class Capped:
             else:
                 g = E.sub(E.enclose(self.Y / n - y[i], prec), tail, prec)
                 g = E.add(g, E.sdiv(slope, denominator, prec), prec) if s else g
-            x = float(self.x[i])
+            x = self.x[i]
             if x == INF or (isinstance(g, Fraction) and g == 0):
                 grads[i] = Fraction(0)  # sech^2(inf) = 0
             elif x == 0:
@@ -332,8 +333,8 @@ class Capped:
             slopes = copy(64)[1]
         else:
             slopes = grads
-        total = CTX.fsum(abs(CTX.mpf(float(self.x[i])) * midpoint(g))
-                         for i, g in enumerate(slopes) if np.isfinite(self.x[i]))  # fmt: skip
+        total = CTX.fsum(abs(CTX.make_mpf(exact_mpf(self.x[i])) * midpoint(g))
+                         for i, g in enumerate(slopes) if np.isfinite(self.kinds[i]))  # fmt: skip
         return ratio(total, midpoint(value)), [NAN] * len(grads)
 
 

@@ -61,7 +61,8 @@ def test_every_kernel_is_registered_with_a_gradient():
         assert {"label_smoothing", "ignore_index", "reduction"} <= set(impl.params)
     for name in CHUNKED:
         assert set(get_implementation(name, SOFT).params) == {"label_smoothing", "weight",
-                                                              "z_loss", "reduction"}  # fmt: skip
+                                                              "z_loss", "softcap",
+                                                              "reduction"}  # fmt: skip
         assert {"weight", "z_loss"} <= set(get_implementation(name, LINEAR).params)
     assert chunked.CHUNK < 3  # rows of 3 or more classes cross a chunk boundary
 
@@ -75,6 +76,7 @@ SPARSE_OPTIONS = [
     ({"label_smoothing": 0.5, "ignore_index": -100}, False),
     ({"reduction": "sum_over_batch_size", "ignore_index": -100}, True),
     ({"reduction": "mean", "weight": "w", "z_loss": 0.01, "label_smoothing": 0.2}, True),
+    ({"reduction": "mean", "softcap": 8.0, "ignore_index": -100}, True),
 ]
 
 
@@ -92,7 +94,8 @@ def test_ordinary_float32_inputs_agree_with_the_oracle(params, bias):
     failures = []
     for name in EXACT:
         if not get_implementation(name, LINEAR).takes(case):
-            assert name in PARALLEL and "weight" in params  # Megatron's options: no weights
+            # Megatron's options: no class weights, no softcap
+            assert name in PARALLEL and {"weight", "softcap"} & set(params)
             continue
         measured = _measured(name, case, result)
         assert ("linear_bias" in measured) == bias
@@ -101,7 +104,8 @@ def test_ordinary_float32_inputs_agree_with_the_oracle(params, bias):
 
 
 @pytest.mark.parametrize("params", [{}, {"reduction": "mean", "label_smoothing": 0.1,
-                                         "weight": "w", "z_loss": 0.01}])  # fmt: skip
+                                         "weight": "w", "z_loss": 0.01},
+                                    {"softcap": 8.0, "z_loss": 0.01}])  # fmt: skip
 def test_soft_labels_agree_with_the_oracle(params):
     h, W, b, _ = _inputs(3)
     rng = np.random.default_rng(4)
@@ -111,6 +115,22 @@ def test_soft_labels_agree_with_the_oracle(params):
     case = Case.build(SOFT, h, y, format="float32", linear_weight=W, linear_bias=b, **params)
     name = "chunked(acc=float32)"
     assert not _not_ok(name, _measured(name, case))
+
+
+def test_a_softcap_slope_of_one_minus_tanh_squared_cancels_far_beyond_the_cap():
+    """Under a softcap c the kernels scale G by 1 - tanh(x / c)^2, as Liger does: where
+    |x| >> c, tanh is near 1 and the difference loses about log2(1 / sech^2(x / c)) bits,
+    though sech^2 itself is well conditioned. The loss, which needs no slope, stays exact."""
+    h, W, b, k = _inputs(5, scale=4.0)  # logits up to 4 x 4 x 4 + 1 = 65
+    case = Case.build(LINEAR, h, k, format="float32", linear_weight=W, linear_bias=b,
+                      softcap=3.0)  # fmt: skip
+    measured = _measured("chunked(acc=float32)", case)
+    assert all(m.status == "ok" for m in measured["value"])
+    far = [m for m in measured["linear_weight"] if m.status != "ok"]
+    assert far, "1 - tanh^2 would have to keep its bits at |x| > 5 c"
+    x = (h @ W.T + b).astype(np.float32)
+    assert np.abs(x).max() > 5 * 3.0
+    assert max(m.bits for m in far) > 8
 
 
 def test_vocab_parallel_smooths_over_the_global_vocabulary():

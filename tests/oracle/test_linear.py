@@ -27,8 +27,9 @@ CTX = mpmath.MPContext()
 CTX.prec = 400
 
 
-def _reference(h, W, b, targets, z_loss=0.0, d=1):
-    """Per row loss, then dL/dh, dL/dW, dL/db of sum(loss) / d, as mpmath numbers."""
+def _reference(h, W, b, targets, z_loss=0.0, d=1, softcap=None):
+    """Per row loss, then dL/dh, dL/dW, dL/db of sum(loss) / d, as mpmath numbers; under a
+    softcap c on u = c tanh(x / c), with dL/dx = dL/du sech^2(x / c)."""
     N, V, D = len(h), len(W), len(h[0])
     hf = [[Fraction(float(v)) for v in row] for row in h]
     Wf = [[Fraction(float(v)) for v in row] for row in W]
@@ -38,12 +39,16 @@ def _reference(h, W, b, targets, z_loss=0.0, d=1):
     losses, G = [], []
     for n in range(N):
         xs = [CTX.mpf(v.numerator) / v.denominator for v in x[n]]
+        slope = [CTX.mpf(1)] * V
+        if softcap is not None:
+            slope = [CTX.sech(v / softcap) ** 2 for v in xs]
+            xs = [softcap * CTX.tanh(v / softcap) for v in xs]
         lse = CTX.log(CTX.fsum(CTX.exp(v) for v in xs))
         y = [CTX.mpf(t.numerator) / t.denominator for t in targets[n]]
         Y = CTX.fsum(y)
         losses.append(CTX.fsum(yi * (lse - xi) for yi, xi in zip(y, xs)) + z_loss * lse**2)
         B = Y + 2 * z_loss * lse
-        G.append([(B * CTX.exp(xi - lse) - yi) / d for xi, yi in zip(xs, y)])
+        G.append([(B * CTX.exp(xi - lse) - yi) * si / d for xi, yi, si in zip(xs, y, slope)])
     gh = [[CTX.fsum(G[n][v] * Wf[v][j] for v in range(V)) for j in range(D)] for n in range(N)]
     gW = [[CTX.fsum(G[n][v] * hf[n][j] for n in range(N)) for j in range(D)] for v in range(V)]
     gb = [CTX.fsum(G[n][v] for n in range(N)) for v in range(V)]
@@ -107,6 +112,53 @@ def test_soft_labels_smoothing_weights_and_mean_against_independent_values(fmt):
     np.testing.assert_array_equal(got.gradient, _rounded(gh, f))
     np.testing.assert_array_equal(got.operand_gradients["linear_weight"].value, _rounded(gW, f))
     np.testing.assert_array_equal(got.operand_gradients["linear_bias"].value, _rounded(gb, f))
+
+
+@pytest.mark.parametrize("fmt", ["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("loss", [LINEAR, SOFT])
+def test_softcapped_values_and_gradients_against_independent_values(fmt, loss):
+    rng = np.random.default_rng(13)
+    h, W, b = _inputs(rng, fmt, 3, 4, 5, scale=3.0)  # logits beyond the cap of 5
+    f = get_format(fmt)
+    if loss == LINEAR:
+        labels, targets = [4, 0, 2], [[Fraction(int(v == k)) for v in range(5)] for k in (4, 0, 2)]
+    else:
+        labels = f.asarray(np.array([[0.5, 0.5, 0, 0, 0], [0, 0, 0.25, 0.75, 0], [0, 0, 0, 0, 1]]))
+        targets = [[Fraction(float(t)) for t in row] for row in labels]
+    got = exact(loss, h, labels, format=fmt, grad=True, linear_weight=W, linear_bias=b,
+                softcap=5.0, reduction="sum")  # fmt: skip
+    losses, gh, gW, gb = _reference(h, W, b, targets, softcap=5)
+    assert got.value == f.round(_fraction(CTX.fsum(losses)))
+    np.testing.assert_array_equal(got.gradient, _rounded(gh, f))
+    np.testing.assert_array_equal(got.operand_gradients["linear_weight"].value, _rounded(gW, f))
+    np.testing.assert_array_equal(got.operand_gradients["linear_bias"].value, _rounded(gb, f))
+
+
+def test_a_softcapped_identity_classifier_gives_the_softcapped_loss_on_h():
+    rng = np.random.default_rng(17)
+    h = get_format("float32").asarray(rng.standard_normal((2, 4)) * 30).astype(np.float64)
+    linear = exact(LINEAR, h, [1, 3], format="float32", grad=True, linear_weight=np.eye(4),
+                   softcap=30.0)  # fmt: skip
+    plain = exact("sparse_softmax_cross_entropy_with_logits", h, [1, 3], format="float32",
+                  grad=True, softcap=30.0)  # fmt: skip
+    np.testing.assert_array_equal(linear.value, plain.value)
+    np.testing.assert_array_equal(linear.gradient, plain.gradient)
+
+
+def test_softcapped_tied_classes_cancel_exactly():
+    """Two equal rows of W tie their logits: under a softcap G = (1/2 - y_v) sech^2(x / c)
+    shares one factor, and dL/dh = G W is exactly 0 (an enclosure alone never narrows to
+    it); a third, masked class (bias -inf) takes no part."""
+    h = np.array([[0.75, -2.5]])
+    W = np.array([[1.5, 0.25], [1.5, 0.25], [3.0, 1.0]])
+    b = np.array([0.0, 0.0, -np.inf])
+    got = exact(LINEAR, h, [0], grad=True, linear_weight=W, linear_bias=b, softcap=2.0)
+    assert got.gradient.tolist() == [[0.0, 0.0]]
+    x = 0.75 * 1.5 - 2.5 * 0.25
+    g = 0.5 * float(CTX.sech(x / 2) ** 2)  # dL/dx of class 1; class 0 has its negative
+    assert got.operand_gradients["linear_bias"].value[1] == pytest.approx(g, rel=1e-15)
+    assert got.operand_gradients["linear_bias"].value[2] == 0.0
+    assert got.value[0] == float(CTX.log(2))
 
 
 def test_logits_are_exact_where_float_arithmetic_cancels():
