@@ -7,6 +7,7 @@ exact hex string (``float.hex``), so a failure can be pasted back in and replaye
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -188,7 +189,7 @@ class Case:
                for k, v in params.items()},
         )
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """A short stable identifier: a hash of the loss, format, inputs and parameters."""
         payload = {k: v for k, v in self.to_dict().items() if k != "regime"}
@@ -236,7 +237,7 @@ def parse_floats(value: Any) -> Any:
 
 
 def _hex(array: np.ndarray) -> Any:
-    flat = [float(v).hex() for v in array.astype(np.float64).ravel()]
+    flat = [v.hex() for v in array.astype(np.float64).ravel().tolist()]
     return np.array(flat, dtype=object).reshape(array.shape).tolist()
 
 

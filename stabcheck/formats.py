@@ -83,13 +83,14 @@ class Format:
         """``values`` as an array of this format, each correctly rounded (ties to even).
 
         numpy casts correctly, except ml_dtypes' cast from float64 to bfloat16, which goes
-        through float32 and can round twice; those values are rounded here one by one.
+        through float32 and can round twice; there the float32 step rounds to odd (toward
+        zero, its last bit set when inexact), which keeps the second rounding correct
+        (float32 has more than 2 bits beyond bfloat16's, at every exponent).
         """
         array = np.asarray(values)
-        if self.name == "bfloat16" and array.dtype.kind == "f" and array.itemsize > 4:
-            flat = [self.round(v) for v in array.astype(np.float64).ravel().tolist()]
-            return np.array(flat, dtype=self.dtype).reshape(array.shape)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.name == "bfloat16" and array.dtype.kind == "f" and array.itemsize > 4:
+                return _to_odd_float32(array.astype(np.float64)).astype(self.dtype)
             return array.astype(self.dtype)
 
     # -- rounding ----------------------------------------------------------------------
@@ -174,6 +175,17 @@ class Format:
         if math.isnan(a) or math.isnan(b):
             return 0 if math.isnan(a) and math.isnan(b) else math.inf
         return abs(self.ordinal(a) - self.ordinal(b))
+
+
+def _to_odd_float32(x: np.ndarray) -> np.ndarray:
+    """float64 to float32 rounded to odd: toward zero, then the last bit set if inexact
+    (beyond float32's range: its largest finite value; NaN and infinities as they are)."""
+    nearest = x.astype(np.float32)
+    wide = np.abs(nearest.astype(np.float64)) > np.abs(x)
+    toward_zero = np.where(wide, np.nextafter(nearest, np.float32(0)), nearest)
+    bits = toward_zero.view(np.uint32)
+    inexact = (toward_zero.astype(np.float64) != x) & ~np.isnan(x)
+    return np.where(inexact, bits | np.uint32(1), bits).view(np.float32)
 
 
 FORMATS: tuple[Format, ...] = (

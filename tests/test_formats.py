@@ -601,3 +601,25 @@ def test_to_mpf_is_exact():
     assert to_mpf(2.0**-1074) == (0, 1, -1074, 1)
     assert to_mpf(sys.float_info.max) == (0, 2**53 - 1, 971, 53)
     assert to_mpf(0.0) == libmp.fzero
+
+
+def test_bfloat16_arrays_from_float64_round_once():
+    """ml_dtypes casts float64 to bfloat16 through float32, rounding twice; ``asarray``
+    must round once, as ``round`` (exact rationals) does: at halfway points of bfloat16
+    and a hair off them, near overflow, in the subnormals and below them."""
+    f = get_format("bfloat16")
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(4000).astype(np.float32).astype(f.dtype).astype(np.float64)
+    half = np.abs(base) * 2.0**-9
+    x = np.concatenate([
+        base + half, base - half, base + half * (1 + 2.0**-30), base + half * (1 - 2.0**-30),
+        rng.standard_normal(4000) * 10.0 ** rng.integers(-45, 39, 4000),
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 3.3961e38, 3.3963e38, 3.4028235e38, 3.5e38,
+         -1e308, 2.0**-133, 2.0**-134, 2.0**-134 * (1 + 2.0**-40), 2.0**-150, -1e-300, 5e-324],
+    ])  # fmt: skip
+    got = f.asarray(x).astype(np.float64)
+    want = np.array([f.round(v) for v in x.tolist()])
+    assert ((got == want) | (np.isnan(got) & np.isnan(want))).all()
+    assert (np.signbit(got) == np.signbit(want)).all()
+    twice = x.astype(np.float32).astype(f.dtype).astype(np.float64)
+    assert (twice != want).any()  # the double rounding this guards against
