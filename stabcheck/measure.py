@@ -19,12 +19,16 @@ called inaccurate on an ill-conditioned input. It is stated as a relative error 
 ULP counts grow without bound near zero: 0 and 1e-17 are 4e18 float64 values apart. An
 exact value that the format rounds to inf (a finite loss beyond the format's range) is
 matched by inf.
+
+``measure`` gives every element; ``measure_worst`` the worst of each row (or element), with
+most statuses decided for the whole array at once in numpy and ``classify`` run only where
+the exact value could change the choice, and on the elements chosen.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +84,20 @@ def classify(
     if max_ulps < 0:
         raise InvalidArgument(f"max_ulps={max_ulps!r} must be a non-negative number of ULPs")
     got = fmt.round(float(got))
-    ulps = fmt.ulps(got, expected)
+    return _decide(exact, expected, got, fmt.ulps(got, expected), fmt, condition, max_ulps, scale)
+
+
+def _decide(
+    exact: Any,
+    expected: float,
+    got: float,
+    ulps: int | float,
+    fmt: Format,
+    condition: float,
+    max_ulps: float,
+    scale: float | None,
+) -> tuple[str, float, float]:
+    """``classify`` of ``got`` already rounded to ``fmt``, ``ulps`` from ``expected``."""
     relative = _relative_error(exact, got)
     if math.isnan(got):
         return (OK if math.isnan(expected) else NAN), ulps, relative
@@ -114,51 +131,30 @@ def measure(
 ) -> list[Measurement]:
     """Measure every element of ``got``: the loss; with ``gradient=True`` its gradient with
     respect to the predictions; with ``gradient=name`` with respect to that operand."""
-    if gradient:
-        if result.gradient is None:
-            raise InvalidArgument("gradient=True needs an oracle result computed with grad=True")
-        if isinstance(gradient, str):
-            if gradient not in result.operand_gradients:
-                raise InvalidArgument(
-                    f"gradient={gradient!r} is not an operand of this case; its operands: "
-                    f"{', '.join(result.operand_gradients) or 'none'}"
-                )
-            expected, condition, exact, scale = result.operand_gradients[gradient]
-        else:
-            expected, exact, condition, scale = (
-                result.gradient,
-                result.gradient_exact,
-                result.gradient_condition,
-                result.gradient_scale,
-            )
-    else:
-        expected, exact, condition, scale = result.value, result.exact, result.condition, None
-    got = np.asarray(got, dtype=np.float64)
-    if got.shape != expected.shape:
-        raise InvalidArgument(
-            f"got has shape {got.shape} but the exact answer has shape {expected.shape}"
-        )
-    fmt = result.case.format
-    rows = []
-    for index in np.ndindex(expected.shape):
-        status, ulps, relative = classify(
-            exact[index], expected[index], got[index], fmt, condition[index], max_ulps,
-            None if scale is None else float(scale[index]),
-        )
-        rows.append(
-            Measurement(
-                index=tuple(int(i) for i in index),
-                exact=_text(exact[index]),
-                expected=float(expected[index]),
-                got=float(got[index]),
-                ulps=float(ulps),
-                bits=bits_of_error(ulps),
-                relative_error=relative,
-                condition=float(condition[index]),
-                status=status,
-            )
-        )
-    return rows
+    target = _Target.of(result, got, gradient, max_ulps)
+    return [m for block in target.blocks() for m in block.every()]
+
+
+def measure_worst(
+    result: OracleResult,
+    got: Any,
+    gradient: bool | str = False,
+    max_ulps: float = DEFAULT_MAX_ULPS,
+    per_row: bool = False,
+) -> list[Measurement]:
+    """The worst element of each unit, as ``measure`` would find it: the highest
+    (``SEVERITY[status]``, ULPs), the first one on ties. A unit is a row (a first index)
+    with ``per_row``, otherwise an element; units in order.
+
+    The ULPs and most statuses are found with numpy over the whole array (``_bounds``),
+    from the rounded ``got`` and the correctly rounded exact values alone; ``classify`` runs
+    on the elements whose status needs the exact value and could make them a row's worst,
+    and on the element chosen in each row.
+    """
+    target = _Target.of(result, got, gradient, max_ulps)
+    if not per_row or target.got.ndim < 2 or target.got.size == 0:
+        return [m for block in target.blocks() for m in block.every()]
+    return [m for block in target.blocks() for m in block.worst_per_row()]
 
 
 def worst(statuses: Iterable[str]) -> str:
@@ -181,3 +177,222 @@ def _relative_error(exact: Any, got: float) -> float:
 
 def _text(exact: Any) -> str:
     return CTX.nstr(exact, 17) if CTX.isfinite(exact) else str(float(exact))
+
+
+# -- the arrays, in blocks of rows ------------------------------------------------------
+
+CHUNK = 1 << 16  # elements per block (the oracle's lazy arrays are computed by blocks)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What to measure: ``got`` (float64) against the oracle's arrays for one quantity (any
+    of them may be a lazy array, read by blocks of rows)."""
+
+    fmt: Format
+    max_ulps: float
+    got: np.ndarray
+    expected: Any
+    exact: Any
+    condition: Any
+    scale: Any
+
+    @classmethod
+    def of(cls, result: OracleResult, got: Any, gradient: bool | str, max_ulps: float) -> _Target:
+        if gradient:
+            if result.gradient is None:
+                raise InvalidArgument(
+                    "gradient=True needs an oracle result computed with grad=True"
+                )
+            if isinstance(gradient, str):
+                if gradient not in result.operand_gradients:
+                    raise InvalidArgument(
+                        f"gradient={gradient!r} is not an operand of this case; its operands: "
+                        f"{', '.join(result.operand_gradients) or 'none'}"
+                    )
+                expected, condition, exact, scale = result.operand_gradients[gradient]
+            else:
+                expected, exact, condition, scale = (
+                    result.gradient,
+                    result.gradient_exact,
+                    result.gradient_condition,
+                    result.gradient_scale,
+                )
+        else:
+            expected, exact, condition, scale = result.value, result.exact, result.condition, None
+        got = np.asarray(got, dtype=np.float64)
+        if got.shape != expected.shape:
+            raise InvalidArgument(
+                f"got has shape {got.shape} but the exact answer has shape {expected.shape}"
+            )
+        if max_ulps < 0:
+            raise InvalidArgument(f"max_ulps={max_ulps!r} must be a non-negative number of ULPs")
+        return cls(result.case.format, max_ulps, got, expected, exact, condition, scale)
+
+    def blocks(self) -> Iterator[_Block]:
+        if self.got.ndim == 0:
+            yield _Block(self, 0, 1)
+            return
+        rows = self.got.shape[0]
+        step = max(1, CHUNK // max(1, math.prod(self.got.shape[1:])))
+        for r0 in range(0, rows, step):
+            yield _Block(self, r0, min(rows, r0 + step))
+
+
+class _Block:
+    """Rows ``r0..r1-1`` of a ``_Target`` (the whole of a 0-d one), read once; ``got``
+    rounded to the format and its distance in ULPs found for all of them at once."""
+
+    def __init__(self, target: _Target, r0: int, r1: int) -> None:
+        def rows(array: Any) -> Any:
+            return array if array is None or target.got.ndim == 0 else array[r0:r1]
+
+        self.target, self.r0 = target, r0
+        self.got, self.expected = rows(target.got), rows(target.expected)
+        self.exact, self.condition = rows(target.exact), rows(target.condition)
+        self.scale = rows(target.scale)
+        self.rounded = _round(self.got, target.fmt)
+        self.expected64 = np.asarray(self.expected, dtype=np.float64)
+        self.apart = _apart(self.rounded, self.expected64, target.fmt)
+
+    def classify(self, local: tuple[int, ...]) -> tuple[str, float, float]:
+        """``classify`` of one element."""
+        got, expected = float(self.rounded[local]), float(self.expected64[local])
+        if math.isnan(got) or math.isnan(expected):  # as Format.ulps
+            ulps: int | float = 0 if math.isnan(got) and math.isnan(expected) else math.inf
+        else:
+            ulps = int(self.apart[local])
+        t = self.target
+        return _decide(
+            self.exact[local], self.expected[local], got, ulps, t.fmt, self.condition[local],
+            t.max_ulps, None if self.scale is None else float(self.scale[local]),
+        )  # fmt: skip
+
+    def measurement(
+        self, local: tuple[int, ...], classified: tuple[str, float, float] | None = None
+    ) -> Measurement:
+        status, ulps, relative = classified or self.classify(local)
+        return Measurement(
+            index=(local[0] + self.r0, *local[1:]) if local else (),
+            exact=_text(self.exact[local]),
+            expected=float(self.expected[local]),
+            got=float(self.got[local]),
+            ulps=float(ulps),
+            bits=bits_of_error(ulps),
+            relative_error=relative,
+            condition=float(self.condition[local]),
+            status=status,
+        )
+
+    def every(self) -> Iterator[Measurement]:
+        for local in np.ndindex(self.got.shape):
+            yield self.measurement(local)
+
+    def worst_per_row(self) -> Iterator[Measurement]:
+        """The worst element of each row: the worst of the elements whose status is
+        certain (``_bounds``), against the others in order of the most they could be;
+        ``classify`` runs on each until none left could beat the worst so far."""
+        rows, width = self.got.shape[0], self.got[0].size
+        flat = (self.rounded.reshape(rows, width), self.expected64.reshape(rows, width))
+        lo, hi, ulps = _bounds(*flat, self.apart.reshape(rows, width), self.target.max_ulps)
+        certain, everyone = lo == hi, np.arange(rows)
+        # per row, the worst element of certain status: (severity, ulps, -column) largest
+        sev = np.where(certain, lo, -1)
+        top = sev == sev.max(axis=1, keepdims=True)
+        top_ulps = np.where(top, ulps, -1.0).max(axis=1, keepdims=True)
+        col = np.argmax(top & (ulps == top_ulps), axis=1)
+        best_sev, best_ulps = sev[everyone, col], ulps[everyone, col]
+        # elements that might beat it, each row's by the most they could be, largest first
+        beat = ~certain & (
+            (hi > best_sev[:, None])
+            | ((hi == best_sev[:, None]) & ((ulps > best_ulps[:, None])
+               | ((ulps == best_ulps[:, None]) & (np.arange(width) < col[:, None]))))
+        )  # fmt: skip
+        r, c = np.nonzero(beat)
+        order = np.lexsort((c, -ulps[r, c], -hi[r, c], r))
+        candidates: dict[int, list[tuple[tuple[int, float, int], int]]] = {}
+        for i, j, h, u in zip(r[order].tolist(), c[order].tolist(), hi[r, c][order].tolist(),
+                              ulps[r, c][order].tolist()):  # fmt: skip
+            candidates.setdefault(i, []).append(((h, u, -j), j))
+        shape = self.got.shape[1:]
+        column = list(zip(*(a.tolist() for a in np.unravel_index(np.arange(width), shape))))
+        for i, j, s, u in zip(range(rows), col.tolist(), best_sev.tolist(), best_ulps.tolist()):
+            key = (s, u, -j) if s >= 0 else None
+            chosen = None
+            for most, k in candidates.get(i, ()):
+                if key is not None and most < key:
+                    break
+                found = self.classify((i, *column[k]))
+                if key is None or (SEVERITY[found[0]], float(found[1]), -k) > key:
+                    key, j, chosen = (SEVERITY[found[0]], float(found[1]), -k), k, found
+            yield self.measurement((i, *column[j]), chosen)
+
+
+def _round(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Each element of ``x`` (float64) rounded to ``fmt`` as ``fmt.round`` does it: to
+    nearest, ties to even, gradual underflow (keeping the sign of a zero), to +-inf past
+    the largest finite value."""
+    if fmt.precision >= 53:
+        return x
+    with np.errstate(all="ignore"):
+        _, e = np.frexp(x)
+        q = np.maximum(e - 1, fmt.emin) - (fmt.precision - 1)  # exponent of the last bit
+        rounded = np.ldexp(np.rint(np.ldexp(x, -q)), q)  # both scalings are exact
+        return np.where(np.abs(rounded) > fmt.max, np.copysign(np.inf, rounded), rounded)
+
+
+def _bounds(
+    got: np.ndarray, expected: np.ndarray, apart: np.ndarray, max_ulps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``got`` rounded to the format against ``expected``, ``apart`` ULPs (``_apart``):
+    the lowest and the highest ``SEVERITY`` that ``classify`` can give each element, and
+    its ULPs as float (``Format.ulps``). Where the two are equal that is its status; where
+    not, it depends on the exact value. It holds for an ``expected`` that is the exact value
+    correctly rounded, so finite only where the exact value is finite."""
+    is_nan, exp_nan = np.isnan(got), np.isnan(expected)
+    ulps = apart.astype(np.float64)
+    either = is_nan | exp_nan
+    ulps[either] = np.where(is_nan & exp_nan, 0.0, math.inf)[either]
+    got_finite, exp_finite = np.isfinite(got), np.isfinite(expected)
+    ok, inaccurate = SEVERITY[OK], SEVERITY[INACCURATE]
+    nan = np.where(exp_nan, ok, SEVERITY[NAN])
+    beyond = ~exp_finite & (got != expected)  # ok, clipped or not, as the exact value is
+    cases = [is_nan, exp_nan, ~exp_finite & ~beyond, beyond, ~got_finite,
+             _within(apart, max_ulps)]  # fmt: skip
+    lo = np.select(cases, [nan, inaccurate, ok, ok, SEVERITY[OVERFLOW], ok], ok)
+    hi = np.select(
+        cases,
+        [nan, inaccurate, ok, np.where(got_finite, SEVERITY[CLIPPED], inaccurate),
+         SEVERITY[OVERFLOW], ok],
+        np.where(got == 0, SEVERITY[UNDERFLOW], inaccurate),
+    )  # fmt: skip
+    return lo, hi, ulps
+
+
+def _apart(got: np.ndarray, expected: np.ndarray, fmt: Format) -> np.ndarray:
+    """``Format.ulps`` of each pair of values of ``fmt`` (uint64; meaningless where either
+    is NaN): the distance of the ordinals, -0 and +0 both 0, inf after the largest finite
+    value."""
+    got_mag, got_neg = _magnitude(got, fmt)
+    exp_mag, exp_neg = _magnitude(expected, fmt)
+    return np.where(got_neg == exp_neg,
+                    np.maximum(got_mag, exp_mag) - np.minimum(got_mag, exp_mag),
+                    got_mag + exp_mag)  # fmt: skip
+
+
+def _magnitude(x: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray]:
+    """The bit patterns of ``x`` (values of ``fmt``) without the sign, as uint64 (the
+    ordinals of ``Format.ordinal`` up to the sign), and the sign bits."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        bits = x.astype(fmt.dtype).view(f"uint{fmt.width}").astype(np.uint64)
+    sign = np.uint64(1 << (fmt.width - 1))
+    return bits & (sign - np.uint64(1)), (bits & sign) != 0
+
+
+def _within(ulps: np.ndarray, max_ulps: float) -> np.ndarray:
+    """``ulps <= max_ulps`` (uint64 ULPs), compared exactly as Python compares an int."""
+    if math.isnan(max_ulps):
+        return np.zeros(ulps.shape, bool)
+    if max_ulps >= 2.0**64:
+        return np.ones(ulps.shape, bool)
+    return ulps <= np.uint64(math.floor(max_ulps))
