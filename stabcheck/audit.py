@@ -45,7 +45,7 @@ from stabcheck.implementations import (
     user_implementation,
 )
 from stabcheck.losses import get_loss, loss_names
-from stabcheck.measure import DEFAULT_MAX_ULPS, SEVERITY, Measurement, measure
+from stabcheck.measure import DEFAULT_MAX_ULPS, SEVERITY, Measurement, measure, measure_worst
 from stabcheck.oracle import OracleResult, evaluate
 from stabcheck.runner import UNSUPPORTED, Outcome, Runner, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
@@ -59,7 +59,6 @@ COLUMNS = (
 DEFAULT_EXAMPLES = 8
 DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
-WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
 MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; longer limits are mistakes (or inf)
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
 
@@ -444,7 +443,7 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
 
     if task.group is not None:
         loss, fmt, regime = task.group
-        examples = min(config.examples, WIDE_EXAMPLES) if regime == "wide" else config.examples
+        examples = min(config.examples, get_regime(regime).max_examples or config.examples)
         for case in draw_cases(loss, fmt, regime, examples, config.seed):
             measure_case(case, task.impls, "drawn")
         if config.search and get_regime(regime).searched:
@@ -596,7 +595,7 @@ def _groups(config: AuditConfig) -> Iterator[tuple[str, str, str]]:
     for loss in losses:
         for fmt in formats:
             for regime in regimes_for(loss):
-                if wanted is None or regime in wanted:
+                if regime in wanted if wanted else get_regime(regime).audited:
                     yield loss, fmt, regime
 
 
@@ -676,8 +675,9 @@ def _rows(
     for name, array in outcome.operands.items():
         gradients[operand_quantity(name)] = (name, array)
     for quantity, (towards, array) in gradients.items():
-        measured = measure(exact, array, gradient=towards, max_ulps=config.max_ulps)
-        for m in _worst_per_unit(measured, case):
+        worst = measure_worst(exact, array, gradient=towards, max_ulps=config.max_ulps,
+                              per_row=case.loss.rowwise)  # fmt: skip
+        for m in worst:
             yield {**base, **_columns(m), "quantity": quantity, "note": note(m.status)}
 
 
@@ -685,22 +685,6 @@ def operand_quantity(name: str) -> str:
     """The ``quantity`` of the rows that measure the gradient with respect to operand
     ``name`` (``gradient`` alone is with respect to the predictions)."""
     return f"gradient[{name}]"
-
-
-def _worst_per_unit(rows: list[Measurement], case: Case) -> list[Measurement]:
-    """The worst gradient element of each row (rowwise; of W: each class) or each
-    element."""
-    units: dict[tuple[int, ...], Measurement] = {}
-    for m in rows:
-        unit = m.index[:1] if case.loss.rowwise else m.index
-        best = units.get(unit)
-        if best is None or _severity(m) > _severity(best):
-            units[unit] = m
-    return list(units.values())
-
-
-def _severity(m: Measurement) -> tuple[int, float]:
-    return SEVERITY[m.status], m.ulps
 
 
 def _columns(m: Measurement) -> dict[str, Any]:

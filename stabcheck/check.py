@@ -74,7 +74,6 @@ __all__ = [
 
 DEFAULT_EXAMPLES = 30  # cases per format and regime: a loss in one format in about a second
 DEFAULT_FORMATS = ("float64", "float32")
-WIDE_EXAMPLES = 2  # the wide regime's rows of up to 131,072 classes are costly for the oracle
 SHRINK_BUDGET = 300  # new cases the shrinker may evaluate; past it, unseen cases pass
 SHOWN_GROUPS = 8  # failing groups listed in a message before "... and N more"
 _PACKAGE = str(Path(__file__).resolve().parent)
@@ -437,9 +436,9 @@ def _plan(
     if "weight" in fixed:
         max_classes = len(fixed["weight"])  # cases of as many classes as weights
     applicable = regimes_for(spec)
-    if regimes is None:  # not wide, and not the regime of an option fixed or not taken
-        chosen = [r for r in applicable if r != "wide" and r not in fixed
-                  and (r not in spec.params or r in impl.params)]  # fmt: skip
+    if regimes is None:  # not the large ones, nor the regime of an option fixed or not taken
+        chosen = [r for r in applicable if r != "wide" and get_regime(r).audited
+                  and r not in fixed and (r not in spec.params or r in impl.params)]  # fmt: skip
     elif regimes == "all":
         chosen = list(applicable)
     else:
@@ -535,8 +534,9 @@ def check(
     string. ``grad`` also measures d(sum of losses)/d(predictions), from the backend's
     autodiff or, for numpy, from ``grad_fn``. ``regimes``: names from
     ``stabcheck.strategies.REGIMES``; by default every regime that applies to the loss
-    except ``wide`` (rows of up to 131,072 classes: ask for it by name, or ``"all"``; it
-    draws at most 2 cases). ``examples`` cases per format and regime (default 30, or the
+    except ``wide`` (rows of up to 131,072 classes) and the linear losses' large shapes,
+    ``vocabulary`` and ``long_sequence``: ask for them by name, or ``"all"``; they draw at
+    most 2, 4 and 4 cases. ``examples`` cases per format and regime (default 30, or the
     ``max_examples`` of an explicit ``settings``). An output is ok within ``max_ulps``
     ULPs, or a relative error of ``max_ulps`` eps x max(1, condition number); statuses in
     ``allow`` (e.g. ``{"clipped"}`` for documented clipping) are accepted. ``params`` fixes
@@ -626,11 +626,12 @@ class _Group:
 
     def __init__(self, plan: _Plan, fmt: str, regime: str) -> None:
         from stabcheck.audit import AuditConfig, group_seed
+        from stabcheck.strategies import get_regime
 
         self.plan, self.fmt, self.regime = plan, fmt, regime
         self.result = GroupResult(fmt, regime)
         self.seed = group_seed(plan.seed, plan.spec.name, fmt, regime)
-        self.examples = min(plan.examples, WIDE_EXAMPLES) if regime == "wide" else plan.examples
+        self.examples = min(plan.examples, get_regime(regime).max_examples or plan.examples)
         self.config = AuditConfig(grad=plan.grad, max_ulps=plan.max_ulps)
         self.cache: dict[str, Any] = {}
         self.drawn: dict[str, _Evaluated] = {}

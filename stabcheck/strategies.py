@@ -869,6 +869,81 @@ def _fill_padded(draw: Any, c: _Ctx) -> Arrays:
                                       "linear_bias": _array(c.fmt, bias)}  # fmt: skip
 
 
+VOCABULARIES = (32_000, 32_064, 50_257, 65_536, 128_256, 151_936, 256_000, 262_144)
+LARGE_ENTRIES = 2**21  # V x D of the vocabulary regime, and N x V of long sequences, at most
+
+
+def _normal_linear(draw: Any, c: _Ctx, N: int, D: int, V: int) -> tuple[np.ndarray, ...]:
+    """h (N x D) and W (V x D) normal from a drawn seed, W over sqrt(D), both times a drawn
+    scale (logits of standard deviation scale**2: 1/4, 4 or 64, a confident model), and
+    half the time a normal bias; rounded to the format."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from((0.5, 2.0, 8.0)))
+    h = _array(c.fmt, rng.standard_normal((N, D)) * scale)
+    W = _array(c.fmt, rng.standard_normal((V, D)) * (scale / math.sqrt(D)))
+    b = _array(c.fmt, rng.standard_normal(V)) if draw(st.booleans()) else None
+    return h, W, b, rng
+
+
+def _large_labels(draw: Any, c: _Ctx, rng: Any, x: np.ndarray, real: int) -> np.ndarray:
+    """Per row a class among the ``real`` first: the top logit's (a model that is right),
+    or a random one; soft labels one-hot, split in two halves, or smoothed by 2**-4."""
+    top = np.argmax(np.where(np.arange(x.shape[1]) < real, x, -INF), axis=1)
+    k = np.where(rng.random(len(x)) < 0.5, top, rng.integers(0, real, len(x)))
+    if c.sparse:
+        return k.astype(np.int64)
+    y = np.zeros(x.shape)
+    mode = draw(st.sampled_from(("one_hot", "halves", "smoothed")))
+    rows = np.arange(len(x))
+    if mode == "halves":
+        y[rows, k] = 0.5
+        y[rows, (k + 1) % real] += 0.5
+    elif mode == "smoothed":
+        y[:, :real] = 2.0**-4 / real
+        y[rows, k] += 1 - 2.0**-4
+    else:
+        y[rows, k] = 1.0
+    return _array(c.fmt, y)
+
+
+def _fill_vocabulary(draw: Any, c: _Ctx) -> Arrays:
+    """A large vocabulary: V of a real tokenizer (32,000 to 262,144) or drawn in that span,
+    D with V D <= 2**21, 1 to 4 rows; now and then the last rows of W padding (zeros,
+    masked by a -inf bias), as vocabularies are padded to a multiple of 64 or 128."""
+    V = draw(st.one_of(st.sampled_from(VOCABULARIES), st.integers(32_000, 262_144)))
+    D = draw(st.integers(1, min(64, LARGE_ENTRIES // V)))
+    N = draw(st.integers(1, 4))
+    h, W, b, rng = _normal_linear(draw, c, N, D, V)
+    real = V
+    if draw(st.booleans()):
+        real = V - draw(st.sampled_from((1, 64, 127, V % 128 or 128)))
+        W[real:] = 0
+        b = np.zeros(V, W.dtype) if b is None else b.copy()
+        b[real:] = -INF
+    x = h.astype(np.float64) @ W.astype(np.float64).T
+    params = {"linear_weight": W} | ({} if b is None else {"linear_bias": b})
+    return h, _large_labels(draw, c, rng, x, real), params
+
+
+def _fill_long_sequence(draw: Any, c: _Ctx) -> Arrays:
+    """A long sequence: 1,024 to 8,192 rows of 2 to 64 classes (N V <= 2**21), D from 1 to
+    16, reduced by mean or sum, so that the reduction itself can lose bits; a tenth of the
+    rows ignored where the loss takes ``ignore_index``."""
+    N = draw(st.integers(1_024, 8_192))
+    V = draw(st.integers(2, 64))
+    h, W, b, rng = _normal_linear(draw, c, N, draw(st.integers(1, 16)), V)
+    x = h.astype(np.float64) @ W.astype(np.float64).T
+    labels = _large_labels(draw, c, rng, x, V)
+    reduction = draw(st.sampled_from(("mean", "sum")))
+    params: dict[str, Any] = {"linear_weight": W, "reduction": reduction}
+    if b is not None:
+        params["linear_bias"] = b
+    if "ignore_index" in c.spec.params and draw(st.booleans()):
+        labels = np.where(rng.random(N) < 0.1, -100, labels)
+        params["ignore_index"] = -100
+    return h, labels, params
+
+
 def _option_fill(name: str) -> Callable[[Any, _Ctx], Arrays]:
     """The fill of the regime of option ``name``: moderate or saturating inputs (up to 128
     rows for reductions) and the option drawn as a kernel meets it, now and then with the
@@ -934,9 +1009,12 @@ def _linear(spec: LossSpec) -> bool:
 class Regime:
     """A named kind of input: a one-line description, the losses it applies to
     (``applies(spec)``), the least number of classes its rows need (rowwise losses), the
-    function that fills a case from hypothesis draws, and whether the audit's targeted
+    function that fills a case from hypothesis draws, whether the audit's targeted
     search runs on it (not on wide rows, nor on the options' regimes: the oracle's
-    mpmath path and the frameworks' compilations for each new shape make it costly)."""
+    mpmath path and the frameworks' compilations for each new shape make it costly), and
+    whether the default audit draws it (not the large shapes of the linear losses, which
+    are for benchmarks and campaigns: selected by name, ``--regime vocabulary``), and the
+    most cases the audit and ``check`` draw of it per group."""
 
     name: str
     description: str
@@ -944,6 +1022,8 @@ class Regime:
     min_classes: int = 1
     fill: Callable[[Any, _Ctx], Arrays] | None = field(default=None, repr=False, compare=False)
     searched: bool = True  # whether the audit's targeted search runs on it
+    audited: bool = True  # whether the default audit (no regime selected) draws it
+    max_examples: int | None = None  # the most cases drawn per group (large shapes are costly)
 
     def applies_to(self, loss: str | LossSpec) -> bool:
         """Whether this regime makes sense for ``loss``."""
@@ -1015,6 +1095,7 @@ REGIMES: tuple[Regime, ...] = (
         applies=lambda spec: spec.rowwise and _textbook(spec),
         fill=_fill_wide,
         searched=False,
+        max_examples=2,
     ),
     Regime(
         "pos_weight",
@@ -1054,6 +1135,28 @@ REGIMES: tuple[Regime, ...] = (
         applies=_linear,
         min_classes=2,
         fill=_fill_padded,
+    ),
+    Regime(
+        "vocabulary",
+        "linear losses: a large vocabulary, V of a real tokenizer (32,000 to 262,144) or "
+        "between, D up to 64 with V D <= 2**21, 1 to 4 rows of normal h and W whose logits "
+        "spread 1/4, 4 or 64, now and then padded rows; selected by name only.",
+        applies=_linear,
+        fill=_fill_vocabulary,
+        searched=False,
+        audited=False,
+        max_examples=4,
+    ),
+    Regime(
+        "long_sequence",
+        "linear losses: 1,024 to 8,192 rows of 2 to 64 classes reduced by mean or sum (the "
+        "reduction itself loses bits), a tenth of them ignored now and then; selected by "
+        "name only.",
+        applies=_linear,
+        fill=_fill_long_sequence,
+        searched=False,
+        audited=False,
+        max_examples=4,
     ),
 )
 REGIMES += _option_regimes()

@@ -34,7 +34,8 @@ from stabcheck.strategies import (
 
 FORMAT_NAMES = [fmt.name for fmt in FORMATS]
 COMBOS = [(n, f, r) for f in FORMAT_NAMES for n in loss_names() for r in regimes_for(n)]
-EXAMPLES = {"wide": 4, "pos_weight": 60, "infinite": 50, "reduction": 40, "weight": 40}
+EXAMPLES = {"wide": 4, "pos_weight": 60, "infinite": 50, "reduction": 40, "weight": 40,
+            "vocabulary": 4, "long_sequence": 4}  # fmt: skip
 DEFAULT_EXAMPLES = 25
 
 LOGIT_ROWWISE = {"softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits"}
@@ -59,7 +60,7 @@ EXPECTED_APPLIES = {
     "ignore_index": {"sparse_categorical_crossentropy", "sparse_softmax_cross_entropy_with_logits",
                      "linear_cross_entropy"},
     "z_loss": LOGIT_ROWWISE | LINEAR,
-    "softcap": LOGIT_ROWWISE,
+    "softcap": LOGIT_ROWWISE | LINEAR,
     "alpha": {"sigmoid_focal_loss"},
     "gamma": {"sigmoid_focal_loss"},
     "reduction": set(loss_names()),
@@ -67,6 +68,8 @@ EXPECTED_APPLIES = {
     "confident": LINEAR,
     "near_ties": LINEAR,
     "padded": LINEAR,
+    "vocabulary": LINEAR,
+    "long_sequence": LINEAR,
 }
 OPTION_REGIMES = ("label_smoothing", "weight", "ignore_index", "z_loss", "softcap", "alpha",
                   "gamma", "reduction")  # fmt: skip
@@ -253,6 +256,9 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
     assert required <= set(case.params) <= set(spec.params)
     if regime in OPTION_REGIMES:
         assert regime in case.params
+    elif regime == "long_sequence":
+        assert case.params["reduction"] in ("mean", "sum")
+        assert set(case.params) - required <= {"reduction", "ignore_index"}
     elif regime == "wide":  # equal or peaked rows now and then smoothed
         assert set(case.params) - required <= {"label_smoothing"}
     else:
@@ -272,13 +278,20 @@ def check_valid(case: Case, loss: str, fmt_name: str, regime: str) -> None:
         assert 2**15 <= case.predictions.shape[1] <= 2**17
     elif regime == "reduction":
         assert case.predictions.shape[0] <= 128 and case.classes <= 8
+    elif regime == "vocabulary":
+        assert rows[0] <= 4 and 32_000 <= rows[1] <= 262_144
+        assert rows[1] * case.predictions.shape[1] <= 2**21
+    elif regime == "long_sequence":
+        assert 1_024 <= rows[0] <= 8_192 and 2 <= rows[1] <= 64
+        assert case.predictions.shape[1] <= 16
     elif spec.operands:
         assert rows[0] <= 3 and rows[1] <= 8 and case.predictions.shape[1] <= 16
     elif regime == "label_smoothing" and case.predictions.shape[-1] > 8:
         assert case.predictions.shape[0] == 1 and 7357 <= case.predictions.shape[-1] <= 8192
     else:
         assert case.predictions.shape[0] <= 3 and case.predictions.shape[-1] <= 8
-    if case.predictions.size <= 64:  # replayable: the JSON gives back the same case
+    size = case.predictions.size + sum(a.size for a in case.operands.values())
+    if size <= 64:  # replayable: the JSON gives back the same case
         again = Case.from_json(case.to_json())
         assert again.to_json() == case.to_json() and again.id == case.id
 
@@ -552,6 +565,29 @@ def check_linear(found, spec, fmt):
                 assert (f64(c.labels)[:, pad] == 0).all()
 
 
+def check_large(found, spec, fmt):
+    """Large shapes of the linear losses: varied; vocabularies now and then padded (a
+    -inf bias on zero rows of W, no label there), long sequences now and then with ignored
+    rows; some rows labelled with their top logit (a model that is right)."""
+    assert len({(c.predictions.shape, c.classes) for c in found}) > 1
+    right = []
+    for c in found:
+        W, h = f64(c.operands["linear_weight"]), f64(c.predictions)
+        b = f64(c.operands["linear_bias"]) if "linear_bias" in c.operands else 0.0
+        x = h @ W.T + b
+        if spec.labels is LabelKind.SPARSE:
+            kept = c.labels >= 0
+            right.append((np.argmax(x, axis=1) == c.labels)[kept].any())
+        pad = np.isneginf(b) if "linear_bias" in c.operands else np.zeros(c.classes, bool)
+        assert (W[pad] == 0).all()
+        if spec.labels is LabelKind.SPARSE:
+            assert not pad[c.labels[c.labels >= 0]].any()
+        else:
+            assert (f64(c.labels)[:, pad] == 0).all()
+    if spec.labels is LabelKind.SPARSE:
+        assert any(right)
+
+
 CHECKS = {
     "moderate": check_moderate,
     "saturating": check_saturating,
@@ -564,6 +600,8 @@ CHECKS = {
     "pos_weight": check_pos_weight,
     **dict.fromkeys(OPTION_REGIMES, check_options),
     **dict.fromkeys(("linear", "confident", "near_ties", "padded"), check_linear),
+    "vocabulary": check_large,
+    "long_sequence": check_large,
 }
 
 

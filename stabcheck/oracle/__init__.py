@@ -13,9 +13,10 @@ arithmetic with proved error bounds, and keeps a unit's results only when every
 enclosure rounds to one value of the format (Ziv's test); the other units go through the
 mpmath units above, so the answers are the same either way. ``OracleResult.fast`` says
 which units the fast path decided. By default the fast path runs on cases of at least
-``FAST_MIN_SIZE`` (16) predictions, below which mpmath alone is quicker;
-``evaluate(case, fast=True)`` runs it on every case, and ``evaluate(case, fast=False)``,
-or the environment variable ``STABCHECK_ORACLE=mpmath``, forces the pure mpmath path.
+``FAST_MIN_SIZE`` (16) predictions (of a linear case: logits), below which mpmath alone
+is quicker; ``evaluate(case, fast=True)`` runs it on every case, and
+``evaluate(case, fast=False)``, or the environment variable ``STABCHECK_ORACLE=mpmath``,
+forces the pure mpmath path.
 
     >>> from stabcheck.oracle import exact
     >>> exact("sparse_softmax_cross_entropy_with_logits", [[0.0, 0.0]], [0]).value
@@ -122,13 +123,15 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
 
     ``fast=True`` lets the double-double fast path decide the units it can certify,
     ``fast=False`` does not; by default it does for cases of at least ``FAST_MIN_SIZE``
-    predictions, unless the environment variable ``STABCHECK_ORACLE`` is ``mpmath``. The
-    linear losses' fast path (``fastlinear``) takes the whole case or declines it.
+    predictions (linear cases: logits), unless the environment variable
+    ``STABCHECK_ORACLE`` is ``mpmath``. The linear losses' fast path (``fastlinear``)
+    takes the whole case or declines it.
     """
-    if fast is None:
+    if fast is None:  # a linear case's size is its logits' count, N x V
+        size = len(case.predictions) * case.classes if case.loss.operands else case.predictions.size
         fast = (
             os.environ.get("STABCHECK_ORACLE", "").strip().lower() != "mpmath"
-            and case.predictions.size >= FAST_MIN_SIZE
+            and size >= FAST_MIN_SIZE
         )
     if case.loss.operands:
         decided = fastlinear.evaluate(case, grad) if fast else None
