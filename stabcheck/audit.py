@@ -41,6 +41,7 @@ from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import (
     Implementation,
     backends,
+    check_operands,
     implementations,
     user_implementation,
 )
@@ -166,7 +167,9 @@ class AuditConfig:
                     f"would be measured; it applies to {', '.join(applies)}"
                 )
         for name in users:
-            check_user(name, self.timeout)
+            _, accepts = check_user(name, self.timeout)
+            for loss in self.losses or ():
+                check_operands(name, loss, accepts)
 
     def without_gradients(self) -> list[str]:
         """With ``grad``, the selected implementations whose gradients cannot be measured

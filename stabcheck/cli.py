@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -31,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with _signals.stop_on_signals():
         try:
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
+            sys.stdout.flush()  # a reader gone (``| head``) shows here, not at exit
+            return status
+        except BrokenPipeError:
+            return _reader_gone()
         except KeyboardInterrupt:
             print(f"stabcheck {args.command}: stopped by {_stop_name()}", file=sys.stderr)
             return _signals.exit_status()
@@ -47,6 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return CANNOT_RUN
+
+
+def _reader_gone() -> int:
+    """The reader of stdout closed it (``stabcheck oracle ... | head -1``): stop quietly,
+    with the status of a process ended by SIGPIPE, as ``yes | head`` does."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing more to write when Python exits
+    os.close(devnull)
+    return 128 + 13
 
 
 def _stop_name() -> str:

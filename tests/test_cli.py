@@ -180,6 +180,10 @@ import numpy as np
 
 def fine(p, z):
     return -(z * np.log(p) + (1 - z) * np.log1p(-p))
+
+
+def linear_by_position(h, labels, W):
+    return np.zeros(len(h))
 '''
 BAD_MODULES = {
     "exits_at_import": "import sys\nprint('needs a GPU')\nsys.exit(0)\n",
@@ -238,6 +242,9 @@ BCE = ["--loss", "binary_crossentropy", "--format", "float32", "--regime", "mode
          ["hangs_at_import:f", "did not finish within 1 s", "raise --timeout"]),
         (["--impl", "raises_at_import:f", *BCE], ["RuntimeError: no config"]),
         (["--impl", "a:b:c", *BCE], ["'a:b:c'", "package.module:function"]),
+        (["--impl", "cli_losses:linear_by_position", "--loss", "linear_cross_entropy"],
+         ["takes (h, labels, W)", "linear_weight=W", "name the function's parameters "
+          "linear_weight and linear_bias"]),
         ([*BCE, "--out", ""], ["--out=''", "empty"]),
         ([*BCE, "--out", "a_file"], ["--out='a_file'", "is a file", "give a directory"]),
         ([*BCE, "--out", "a_file/sub"], ["--out='a_file/sub'", "cannot be used"]),
@@ -397,6 +404,21 @@ def test_an_unexpected_failure_is_exit_2_with_a_traceback(monkeypatch, capsys):
     status, _, err = run(capsys, "list")
     assert status == 2
     assert "Traceback" in err and "could not run: RuntimeError: a bug" in err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """``stabcheck list | head -1``: the pipe closes under the command, which stops with
+    the status of SIGPIPE and no traceback."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    process = subprocess.run([sys.executable, "-m", "stabcheck.cli", "list"], stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    os.close(write)
+    assert process.returncode == 141
+    assert process.stderr == ""
 
 
 def test_oracle_takes_the_operands_of_the_linear_losses(capsys):

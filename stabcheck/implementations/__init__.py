@@ -151,6 +151,7 @@ def load_user(spec: str, loss: str, backend: str = "numpy") -> Implementation:
     obj = resolve_user(spec)
     doc = (getattr(obj, "__doc__", None) or "").strip()
     first = doc.splitlines()[0] if doc else ""
+    check_operands(spec, loss, keywords(obj))
     return replace(user_implementation(spec, loss, backend, first, keywords(obj)), fn=obj)
 
 
@@ -169,6 +170,22 @@ def operands_taken(loss: str, accepts: tuple[str, ...] | None) -> tuple[str, ...
     """The operands of ``loss`` a function with keyword arguments ``accepts`` takes (None:
     any); the required ones always."""
     return _taken(get_loss(loss).operand_specs, accepts)
+
+
+def check_operands(spec: str, loss: str, accepts: tuple[str, ...] | None) -> None:
+    """``InvalidArgument`` where the user's function ``spec``, whose keyword arguments are
+    ``accepts`` (None: any), cannot take a required operand of ``loss`` by its name."""
+    specs = get_loss(loss).operand_specs
+    missing = [s.name for s in specs if s.required and accepts is not None
+               and s.name not in accepts]  # fmt: skip
+    if missing:
+        names = " and ".join(s.name for s in specs)
+        raise InvalidArgument(
+            f"{spec!r} takes ({', '.join(accepts or ())}), but {get_loss(loss).name} passes "
+            f"its operands by name: fn(h, labels, linear_weight=W, linear_bias=b); name the "
+            f"function's parameters {names} (a function without linear_bias gets no cases "
+            "with a bias)"
+        )
 
 
 def _taken(specs: Iterable[Any], accepts: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -154,6 +154,14 @@ def test_load_user_function(user_module):
     assert impl not in implementations()  # loaded, not registered
 
 
+def test_a_user_linear_loss_must_take_its_operands_by_name(user_module):
+    """``fn(h, labels, W)`` would get ``linear_weight=W`` and fail with a bare TypeError on
+    every case; loading it says what the calling convention is instead."""
+    with pytest.raises(InvalidArgument, match=r"takes \(predictions, labels\).*linear_weight=W"):
+        load_user(f"{user_module}:my_loss", "linear_cross_entropy")
+    assert load_user(f"{user_module}:my_loss", "binary_crossentropy").operands == ()
+
+
 def test_load_user_dotted_attribute_backend_and_through_get_implementation(user_module):
     impl = get_implementation(f"{user_module}:Losses.mine", "softmax_cross_entropy")
     assert impl.loss == "softmax_cross_entropy_with_logits"
