@@ -654,7 +654,9 @@ class _Family:
     name), in which dtype, and how it sums."""
 
     def __init__(self, name: str, description: str, units: dict[str, tuple[Unit, Unit]]):
-        self.name, self.description, self.units = name, description, units
+        # the linear losses: the softmax units on the logits h W^T + b
+        self.name, self.description = name, description
+        self.units = {**units, "linear": units["softmax"]}
 
     def dtype(self, dtype: np.dtype) -> np.dtype:
         """The dtype it computes in."""
@@ -816,8 +818,7 @@ class Reference:
             kept = labels != o.ignore_index
             labels = np.where(kept, labels, 0)
         with np.errstate(all="ignore"):
-            formula = "softmax" if spec.operands else spec.oracle
-            units = family.units.get(spec.name) or family.units[formula]
+            units = family.units.get(spec.name) or family.units[spec.oracle]
             out = units[self.grad](x, labels, o)
             if kept is not None:
                 out = np.where(kept[:, None] if self.grad else kept, out, 0)
