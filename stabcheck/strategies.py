@@ -885,6 +885,11 @@ def _normal_linear(draw: Any, c: _Ctx, N: int, D: int, V: int) -> tuple[np.ndarr
     return h, W, b, rng
 
 
+def _approximate_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    x = h.astype(np.float64) @ W.astype(np.float64).T
+    return x if b is None else x + b.astype(np.float64)
+
+
 def _large_labels(draw: Any, c: _Ctx, rng: Any, x: np.ndarray, real: int) -> np.ndarray:
     """Per row a class among the ``real`` first: the top logit's (a model that is right),
     or a random one; soft labels one-hot, split in two halves, or smoothed by 2**-4."""
@@ -920,8 +925,8 @@ def _fill_vocabulary(draw: Any, c: _Ctx) -> Arrays:
         W[real:] = 0
         b = np.zeros(V, W.dtype) if b is None else b.copy()
         b[real:] = -INF
-    x = h.astype(np.float64) @ W.astype(np.float64).T
     params = {"linear_weight": W} | ({} if b is None else {"linear_bias": b})
+    x = _approximate_logits(h, W, b)
     return h, _large_labels(draw, c, rng, x, real), params
 
 
@@ -932,8 +937,7 @@ def _fill_long_sequence(draw: Any, c: _Ctx) -> Arrays:
     N = draw(st.integers(1_024, 8_192))
     V = draw(st.integers(2, 64))
     h, W, b, rng = _normal_linear(draw, c, N, draw(st.integers(1, 16)), V)
-    x = h.astype(np.float64) @ W.astype(np.float64).T
-    labels = _large_labels(draw, c, rng, x, V)
+    labels = _large_labels(draw, c, rng, _approximate_logits(h, W, b), V)
     reduction = draw(st.sampled_from(("mean", "sum")))
     params: dict[str, Any] = {"linear_weight": W, "reduction": reduction}
     if b is not None:
