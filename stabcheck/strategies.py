@@ -870,7 +870,7 @@ def _fill_padded(draw: Any, c: _Ctx) -> Arrays:
 
 
 VOCABULARIES = (32_000, 32_064, 50_257, 65_536, 128_256, 151_936, 256_000, 262_144)
-LARGE_ENTRIES = 2**21  # V x D of the vocabulary regime, and N x V of long sequences, at most
+LARGE_ENTRIES = 2**21  # V x D of the vocabulary regime, at most
 
 
 def _normal_linear(draw: Any, c: _Ctx, N: int, D: int, V: int) -> tuple[np.ndarray, ...]:

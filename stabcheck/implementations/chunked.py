@@ -6,18 +6,17 @@ Notation as in ``stabcheck.losses``: hidden states ``h`` (N x D), classifier ``W
 bias ``b``, logits ``x = h W^T + b``, ``C = V`` classes, integer labels ``k`` or soft labels
 ``y``, smoothing ``e``, class weights ``w``, z-loss scale ``z``, softcap ``c``. Each kernel
 computes in the compute dtype, float32 (float64 for float64 inputs: products and sums of every
-logit in it, as a GPU matmul with float32 accumulation does), and returns the input dtype. The
-targets are
-the catalogue's ``t_i = w_i ((1 - e) y_i + e / C)``, split for integer labels into the hard
-part ``a = (1 - e) w_k`` at ``k`` and the spread part ``u_i = (e / C) w_i``; for soft labels
-``u = t`` and ``a = 0``.
+logit in it, as a GPU matmul with float32 accumulation does), and returns the input dtype.
+The targets are the catalogue's ``t_i = w_i ((1 - e) y_i + e / C)``, split for integer labels
+into the hard part ``a = (1 - e) w_k`` at ``k`` and the spread part ``u_i = (e / C) w_i``; for
+soft labels ``u = t`` and ``a = 0``.
 
 ``chunked(acc=A)``, A one of float32, bfloat16 (ml_dtypes), float16: one pass over the
 classes in chunks ``c`` of ``CHUNK`` = 2 (so that the strategies' rows of 3 to 8 classes
 cross chunk boundaries), each chunk's logits ``x_c = h W_c^T + b_c`` in the compute dtype
-(under a softcap ``x_c = c tanh(x_c / c)``, as Liger and Gemma cap them; a ``-inf`` logit stays
-``-inf``), and per row three running accumulators stored in A (rounded to A after every update; each
-update computed in the compute dtype from their stored values):
+(under a softcap ``x_c = c tanh(x_c / c)``, as Liger and Gemma cap them; a ``-inf`` logit
+stays ``-inf``), and per row three running accumulators stored in A (rounded to A after
+every update; each update computed in the compute dtype from their stored values):
 
     m' = A(max(m, max_i x_ci)),   s' = A(s exp(m - m') + sum_i exp(x_ci - m')),
     r' = A(r + sum_i u_ci x_ci),
