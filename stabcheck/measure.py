@@ -251,7 +251,7 @@ class _Block:
         self.got, self.expected = rows(target.got), rows(target.expected)
         self.exact, self.condition = rows(target.exact), rows(target.condition)
         self.scale = rows(target.scale)
-        self.rounded = _round(self.got, target.fmt)
+        self.rounded = target.fmt.asarray(self.got).astype(np.float64)
         self.expected64 = np.asarray(self.expected, dtype=np.float64)
         self.apart = _apart(self.rounded, self.expected64, target.fmt)
 
@@ -326,19 +326,6 @@ class _Block:
                 if key is None or (SEVERITY[found[0]], float(found[1]), -k) > key:
                     key, j, chosen = (SEVERITY[found[0]], float(found[1]), -k), k, found
             yield self.measurement((i, *column[j]), chosen)
-
-
-def _round(x: np.ndarray, fmt: Format) -> np.ndarray:
-    """Each element of ``x`` (float64) rounded to ``fmt`` as ``fmt.round`` does it: to
-    nearest, ties to even, gradual underflow (keeping the sign of a zero), to +-inf past
-    the largest finite value."""
-    if fmt.precision >= 53:
-        return x
-    with np.errstate(all="ignore"):
-        _, e = np.frexp(x)
-        q = np.maximum(e - 1, fmt.emin) - (fmt.precision - 1)  # exponent of the last bit
-        rounded = np.ldexp(np.rint(np.ldexp(x, -q)), q)  # both scalings are exact
-        return np.where(np.abs(rounded) > fmt.max, np.copysign(np.inf, rounded), rounded)
 
 
 def _bounds(
