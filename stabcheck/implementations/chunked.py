@@ -135,22 +135,18 @@ class _Problem:
     def logits(self, lo: int, hi: int) -> Array:
         """``h W_c^T + b_c`` for the classes ``lo`` to ``hi - 1``, in the compute dtype,
         softcapped."""
-        x = self._uncapped(lo, hi)
-        if self.softcap is None:
-            return x
-        c = self.ct.type(self.softcap)
-        return np.where(x == -np.inf, x, c * np.tanh(x / c))
+        return self.capped(lo, hi)[0]
 
-    def slope(self, lo: int, hi: int) -> Array | int:
-        """``du/dx`` of the softcap, ``1 - tanh(x_c / c)^2`` (1 without one)."""
-        if self.softcap is None:
-            return 1
-        t = np.tanh(self._uncapped(lo, hi) / self.ct.type(self.softcap))
-        return 1 - t * t
-
-    def _uncapped(self, lo: int, hi: int) -> Array:
+    def capped(self, lo: int, hi: int) -> tuple[Array, Array | int]:
+        """The softcapped logits of the classes ``lo`` to ``hi - 1`` and the softcap's
+        ``du/dx = 1 - tanh(x_c / c)^2`` (1 without a softcap), from one product."""
         x = self.h @ self.W[lo:hi].T
-        return x if self.b is None else x + self.b[lo:hi]
+        x = x if self.b is None else x + self.b[lo:hi]
+        if self.softcap is None:
+            return x, 1
+        c = self.ct.type(self.softcap)
+        t = np.tanh(x / c)
+        return np.where(x == -np.inf, x, c * t), 1 - t * t
 
     def _weights(self, lo: int, hi: int) -> Array:
         return np.ones(hi - lo, self.ct) if self.weight is None else self.weight[lo:hi]
@@ -251,9 +247,8 @@ def _chunked(P: _Problem, acc: np.dtype, grad: bool) -> Any:
     B = a + U + (2 * ct.type(P.z_loss) * lse if P.z_loss else 0)
     dh, dW, db = np.zeros(P.h.shape, ct), [], []
     for lo, hi in _bounds(P.classes, CHUNK):
-        x = P.logits(lo, hi)
-        G = P.scaled((B[:, None] * np.exp(x - lse[:, None]) - P.targets(lo, hi))
-                     * P.slope(lo, hi))  # fmt: skip
+        x, slope = P.capped(lo, hi)
+        G = P.scaled((B[:, None] * np.exp(x - lse[:, None]) - P.targets(lo, hi)) * slope)
         dh = stored(dh + G @ P.W[lo:hi])
         dW.append(G.T @ P.h)
         db.append(G.sum(axis=0))
