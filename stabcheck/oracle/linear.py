@@ -123,9 +123,9 @@ class Approx:
                  y: np.ndarray, cap: float | None = None) -> None:  # fmt: skip
         with np.errstate(all="ignore"):
             x = h @ W.T + (0.0 if b is None else b)
-            self.capped = cap is not None
+            self.ds: np.ndarray | None = None
             if cap is None:
-                u, self.s, self.ds = x, np.ones_like(x), np.zeros_like(x)
+                u, self.s = x, np.ones_like(x)
             else:  # a -inf logit (a masked lane) stays -inf, with s = 0
                 t = np.tanh(x / cap)
                 u = np.where(x == -INF, -INF, cap * t)
@@ -154,7 +154,7 @@ class Approx:
         with np.errstate(all="ignore"):
             moved = self.s * self.a
             dG = self.s * self.B * self.p * (moved + (self.p * moved).sum(axis=1, keepdims=True))
-            if self.capped:
+            if self.ds is not None:  # the slope's own change, under a softcap
                 dG += np.abs(self.B * self.p - self.y) * self.ds * self.a
             absG, absW, absh = np.abs(self.G), np.abs(self.W), np.abs(self.h)
             dh = dG @ absW + absG @ absW
