@@ -45,21 +45,20 @@ from typing import Any
 
 import numpy as np
 
+from stabcheck import _validation as validate
 from stabcheck._validation import integer
 from stabcheck.case import Case, check_param
-from stabcheck.errors import AdapterUnavailable, InvalidArgument, StabcheckError, did_you_mean
+from stabcheck.errors import InvalidArgument, StabcheckError
 from stabcheck.formats import get_format
 from stabcheck.implementations import (
-    BACKENDS,
     USER_CHOICES,
     Implementation,
-    backends,
     keywords,
     load_user,
     options_taken,
 )
 from stabcheck.losses import LossSpec, ParamKind, get_loss, get_param
-from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, OK, SEVERITY, STATUSES
+from stabcheck.measure import DEFAULT_MAX_ULPS, ERROR, OK, SEVERITY
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -373,27 +372,8 @@ def _plan(
 
     spec = get_loss(loss)
     fmts = tuple(dict.fromkeys(get_format(f).name for f in _as_tuple("formats", formats)))
-    if backend not in BACKENDS:
-        raise InvalidArgument(
-            f"backend={backend!r} is not supported.{did_you_mean(backend, BACKENDS, n=1)} "
-            f"Valid backends: {', '.join(BACKENDS)}."
-        )
-    if backend != "numpy" and not backends.installed(backend):
-        extra = backends.EXTRAS.get(backend, backend)
-        raise AdapterUnavailable(
-            f"backend={backend!r} needs {backend}, which is not installed; "
-            f"install it with: pip install 'stabcheck[{extra}]'"
-        )
-    if not isinstance(grad, bool):
-        raise InvalidArgument(f"grad={grad!r} must be True or False")
-    if grad_fn is not None and not callable(grad_fn):
-        raise InvalidArgument(f"grad_fn={grad_fn!r} is not callable")
-    if grad and backend == "numpy" and grad_fn is None:
-        raise InvalidArgument(
-            "grad=True with backend='numpy' needs grad_fn=..., a function returning "
-            "d(sum of losses)/d(predictions); or use an autodiff backend "
-            "(backend='torch', 'tensorflow' or 'jax')"
-        )
+    backend = validate.backend(backend)
+    grad = validate.gradient(grad, grad_fn, backend)
     if name is not None and (not isinstance(name, str) or not name):
         raise InvalidArgument(f"name={name!r} must be a non-empty string")
     if isinstance(fn, str):
@@ -415,13 +395,7 @@ def _plan(
         )
     if name is not None:
         impl = replace(impl, name=name)
-    allowed = frozenset((allow,) if isinstance(allow, str) else (allow or ()))
-    for status in allowed:
-        if status not in STATUSES:
-            raise InvalidArgument(
-                f"allow={status!r} is not a status.{did_you_mean(status, STATUSES, n=1)} "
-                f"Statuses: {', '.join(STATUSES)}."
-            )
+    allowed = validate.statuses("allow", allow)
     impl = replace(
         impl,
         grad=grad_fn,
@@ -459,8 +433,7 @@ def _plan(
     if examples is None:
         examples = settings.max_examples if settings is not None else DEFAULT_EXAMPLES
     examples = integer("examples", examples)
-    if not isinstance(max_ulps, (int, float, np.integer, np.floating)) or not max_ulps >= 0:
-        raise InvalidArgument(f"max_ulps={max_ulps!r} must be a non-negative number of ULPs")
+    max_ulps = validate.max_ulps(max_ulps)
     derandomized = bool(parent.derandomize or os.environ.get("CI"))
     if seed is None:
         seed = 0 if derandomized else random.SystemRandom().randrange(2**32)
