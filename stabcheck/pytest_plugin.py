@@ -30,6 +30,13 @@ loss), ``--stabcheck-report DIR`` writes the measurements of the whole session (
 markdown, as the audit does). Under pytest-xdist each worker sends its measurements to the
 controller, which writes the report.
 
+Each option has an ini key of the same name with underscores (``stabcheck_examples``,
+``stabcheck_seed``, ``stabcheck_regimes``, ``stabcheck_report``, ``stabcheck_baseline``,
+``stabcheck_update_baseline``) for ``pytest.ini`` or ``[tool.pytest.ini_options]``, checked
+as the option is; the command line wins over the file (``-o key=value`` overrides a key).
+Relative paths in the file are relative to the file, on the command line to the directory
+pytest was started in.
+
 The gate (``stabcheck.gate``): ``--stabcheck-baseline FILE`` compares what the session's
 checks measured with FILE, per test and function x loss x format x regime x quantity, and
 fails the session (exit status 1) on a regression, listing it in the terminal summary and
@@ -82,58 +89,115 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+_FLAGS = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}  # fmt: skip
+
+
+def _flag(text: str) -> bool:
+    value = _FLAGS.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
+def _ini_key(option: str) -> str:
+    """The ini key of a command-line option: ``--stabcheck-examples`` -> ``stabcheck_examples``."""
+    return option.removeprefix("--").replace("-", "_")
+
+
+# option: (type of its ini key, an example value for the fix, what the value is)
+_INI = {
+    EXAMPLES_OPTION: ("string", "30", "a positive integer"),
+    SEED_OPTION: ("string", "0", "a non-negative integer"),
+    REGIMES_OPTION: ("args", "moderate,saturating", "regime names, comma-separated, or all"),
+    REPORT_OPTION: ("string", "stabcheck-report", "a directory"),
+    BASELINE_OPTION: ("string", "stabcheck-baseline.json", "a baseline file"),
+    UPDATE_BASELINE_OPTION: ("string", "true", "true or false"),
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stabcheck", "stabcheck: accuracy of cross-entropy losses")
-    group.addoption(
-        EXAMPLES_OPTION,
-        type=_positive_int,
-        metavar="N",
-        help="cases per format and regime for checks that do not say (default 30)",
-    )
-    group.addoption(
-        SEED_OPTION,
-        type=_seed,
-        metavar="N",
-        help="seed of every check that does not say (default: random, 0 under CI)",
-    )
-    group.addoption(
-        REGIMES_OPTION,
-        type=_names,
-        metavar="A,B",
-        help="comma-separated regimes (or 'all') for checks that do not say; each check "
-        "uses those that apply to its loss",
-    )
-    group.addoption(
-        REPORT_OPTION,
-        metavar="DIR",
-        help="write the session's measurements into DIR: measurements.csv, summary.md, "
-        "worst.md, cases.jsonl.gz, run.json",
-    )
-    group.addoption(
-        BASELINE_OPTION,
-        metavar="FILE",
-        help="fail the session when a check is less accurate than in this baseline "
-        "(stabcheck gate's format); checks without a seed use seed 0",
-    )
-    group.addoption(
-        UPDATE_BASELINE_OPTION,
-        action="store_true",
-        help=f"write the session's results to the {BASELINE_OPTION} file instead of comparing",
-    )
+    helps = {
+        EXAMPLES_OPTION: "cases per format and regime for checks that do not say (default 30)",
+        SEED_OPTION: "seed of every check that does not say (default: random, 0 under CI)",
+        REGIMES_OPTION: "comma-separated regimes (or 'all') for checks that do not say; each "
+        "check uses those that apply to its loss",
+        REPORT_OPTION: "write the session's measurements into DIR: measurements.csv, "
+        "summary.md, worst.md, cases.jsonl.gz, run.json",
+        BASELINE_OPTION: "fail the session when a check is less accurate than in this "
+        "baseline (stabcheck gate's format); checks without a seed use seed 0",
+        UPDATE_BASELINE_OPTION: f"write the session's results to the {BASELINE_OPTION} file "
+        "instead of comparing",
+    }
+    group.addoption(EXAMPLES_OPTION, type=_positive_int, metavar="N",
+                    help=helps[EXAMPLES_OPTION])  # fmt: skip
+    group.addoption(SEED_OPTION, type=_seed, metavar="N", help=helps[SEED_OPTION])
+    group.addoption(REGIMES_OPTION, type=_names, metavar="A,B", help=helps[REGIMES_OPTION])
+    group.addoption(REPORT_OPTION, metavar="DIR", help=helps[REPORT_OPTION])
+    group.addoption(BASELINE_OPTION, metavar="FILE", help=helps[BASELINE_OPTION])
+    # default None, not False: absent from the command line, the ini key decides
+    group.addoption(UPDATE_BASELINE_OPTION, action="store_true", default=None,
+                    help=helps[UPDATE_BASELINE_OPTION])  # fmt: skip
+    for option, (kind, _, _) in _INI.items():
+        parser.addini(_ini_key(option), f"default of {option}: {helps[option]}", type=kind,
+                      default=None)  # fmt: skip
+
+
+class _Setting:
+    """One option's value: from the command line, else from its ini key (``None`` when
+    neither gives it), with where it came from for messages and relative paths."""
+
+    def __init__(self, config: pytest.Config, option: str) -> None:
+        self.option, self.key = option, _ini_key(option)
+        self.value: Any = config.getoption(option)
+        self.from_ini = False
+        self.inifile = str(config.inipath) if config.inipath else "the ini options (-o)"
+        self.base = Path(config.invocation_params.dir)
+        if self.value is not None:
+            return
+        raw = config.getini(self.key)
+        _, example, what = _INI[option]
+        text = ",".join(raw) if isinstance(raw, list) else "" if raw is None else str(raw)
+        if not text.strip():  # unset, or emptied by -o key= to turn the file's value off
+            return
+        self.from_ini = True
+        if config.inipath is not None:  # pytest's rule for the "paths" ini type
+            self.base = config.inipath.parent
+        parse = {EXAMPLES_OPTION: _positive_int, SEED_OPTION: _seed, REGIMES_OPTION: _names,
+                 UPDATE_BASELINE_OPTION: _flag}  # fmt: skip
+        try:
+            self.value = parse[option](text) if option in parse else text.strip()
+        except argparse.ArgumentTypeError as exc:
+            raise self.error(f"{exc}; set it to {what}, e.g. {self.key} = {example}") from None
+
+    @property
+    def name(self) -> str:
+        """The name the user gave it by: the option, or the ini key."""
+        return self.key if self.from_ini else self.option
+
+    def error(self, message: str) -> pytest.UsageError:
+        """A usage error that names the option, or the ini key and its file."""
+        where = f" in {self.inifile}" if self.from_ini else ""
+        return pytest.UsageError(f"{self.name}{where}: {message}")
+
+    def path(self) -> Path | None:
+        """The value as a path: relative to the ini file when it came from there, else to
+        the directory pytest was started in."""
+        return None if not self.value else self.base / str(self.value)
 
 
 class _Session:
-    """What the session's checks measured, and the command-line defaults."""
+    """What the session's checks measured, and the options (command line, else ini file)."""
 
     def __init__(self, config: pytest.Config) -> None:
-        self.examples: int | None = config.getoption(EXAMPLES_OPTION)
-        self.seed: int | None = config.getoption(SEED_OPTION)
-        self.regimes: tuple[str, ...] | None = config.getoption(REGIMES_OPTION) or None
-        report = config.getoption(REPORT_OPTION)
-        self.report = Path(config.invocation_params.dir, report) if report else None
-        baseline = config.getoption(BASELINE_OPTION)
-        self.baseline = Path(config.invocation_params.dir, baseline) if baseline else None
-        self.update_baseline: bool = config.getoption(UPDATE_BASELINE_OPTION)
+        self.settings = {option: _Setting(config, option) for option in _INI}
+        self.examples: int | None = self.settings[EXAMPLES_OPTION].value
+        self.seed: int | None = self.settings[SEED_OPTION].value
+        self.regimes: tuple[str, ...] | None = self.settings[REGIMES_OPTION].value or None
+        self.report = self.settings[REPORT_OPTION].path()
+        self.baseline = self.settings[BASELINE_OPTION].path()
+        self.update_baseline: bool = bool(self.settings[UPDATE_BASELINE_OPTION].value)
         if self.baseline is not None and self.seed is None:
             self.seed = 0  # a baseline compares the same cases every time
         self.worker = hasattr(config, "workerinput")
@@ -176,6 +240,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "returned by the test, against stabcheck's exact oracle",
     )
     state = _Session(config)
+    settings = state.settings
     if state.regimes and state.regimes != ("all",):
         from stabcheck.errors import InvalidArgument
         from stabcheck.strategies import get_regime
@@ -183,17 +248,33 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             state.regimes = tuple(get_regime(name).name for name in state.regimes)
         except InvalidArgument as exc:
-            raise pytest.UsageError(f"{REGIMES_OPTION}: {exc}") from None
+            raise settings[REGIMES_OPTION].error(str(exc)) from None
     if state.update_baseline and state.baseline is None:
-        raise pytest.UsageError(f"{UPDATE_BASELINE_OPTION} needs {BASELINE_OPTION} FILE")
+        if not settings[UPDATE_BASELINE_OPTION].from_ini:
+            raise pytest.UsageError(f"{UPDATE_BASELINE_OPTION} needs {BASELINE_OPTION} FILE")
+        raise settings[UPDATE_BASELINE_OPTION].error(
+            f"it needs a baseline to write: pass {BASELINE_OPTION} FILE or set "
+            f"{_ini_key(BASELINE_OPTION)} = FILE, or set it to false"
+        )
     if state.report is not None and not state.worker:
         from stabcheck._files import output_directory
         from stabcheck.errors import InvalidArgument
 
+        report = settings[REPORT_OPTION]
         try:  # fail now, not after the tests
-            output_directory(state.report, REPORT_OPTION)
+            output_directory(state.report, report.name)
+        except InvalidArgument as exc:  # the message names the option already
+            error = report.error(str(exc)) if report.from_ini else pytest.UsageError(str(exc))
+            raise error from None
+    if state.baseline is not None and state.update_baseline and not state.worker:
+        from stabcheck._files import writable_file
+        from stabcheck.errors import InvalidArgument
+
+        baseline = settings[BASELINE_OPTION]
+        try:  # fail now, not after the tests (its folder is made if needed)
+            writable_file(state.baseline, baseline.name)
         except InvalidArgument as exc:
-            raise pytest.UsageError(str(exc)) from None
+            raise baseline.error(str(exc)) from None
     if state.baseline is not None and not state.update_baseline and not state.worker:
         from stabcheck.errors import InvalidArgument
         from stabcheck.gate import Baseline
@@ -201,7 +282,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:  # fail now, not after the tests
             state.expected = Baseline.load(state.baseline, _update_command(state.baseline))
         except InvalidArgument as exc:
-            raise pytest.UsageError(f"{BASELINE_OPTION}: {exc}") from None
+            raise settings[BASELINE_OPTION].error(str(exc)) from None
     config.stash[_STATE] = state
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+# In-process inner runs unload the modules they imported, and ml_dtypes (which stabcheck's
+# implementations and audit import) cannot be imported twice in one process: load them here,
+# before any inner run, so that they stay loaded.
+import stabcheck.audit
+import stabcheck.check  # noqa: F401
+
 # Inner runs load the plugin by module name. Once the ``pytest11`` entry point is installed
 # pytest autoloads it as "stabcheck" too, and registering one module under two names is an
 # error: block the entry-point name first, so that both setups load it exactly once.
