@@ -5,7 +5,9 @@ returns the unreduced losses (elementwise for the binary and sigmoid forms, one 
 the others), taking arrays of its ``backend``. Families share a ``name`` across losses:
 ``reference.py`` registers ``naive``, ``stable`` and ``accurate`` for every loss at import.
 Third-party adapters register the same way from their own modules and import their library
-only inside ``fn``, so that listing them costs nothing.
+only inside ``fn``, so that listing them costs nothing; each also says, in ``repro``, how a
+script calls its library, which ``stabcheck.repro`` renders into a reproduction that runs
+without stabcheck.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class Implementation:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # the operands it takes (stabcheck.losses.OPERANDS); None: all its loss has
     operands: tuple[str, ...] | None = None
+    # how a script without stabcheck calls the library, for stabcheck.repro: a template of
+    # the call in the names x, y, W, b, w with fields {options}, {<option>}, {dtype} (see
+    # that module), or a function of the case giving one (None: the adapter refuses the
+    # case). None: no snippet (stabcheck's own implementations, users' functions).
+    repro: str | Callable[[Any], str | None] | None = None
 
     def takes(self, case: Any) -> bool:
         """Whether every option ``case`` sets is one this implementation takes, with a value
@@ -91,6 +98,11 @@ def register(impl: Implementation) -> Implementation:
     for what, value in (("fn", impl.fn), ("grad", impl.grad)):
         if value is not None and not callable(value):
             raise InvalidArgument(f"{what}={value!r} of {impl.name!r} is not callable")
+    if impl.repro is not None and not (isinstance(impl.repro, str) or callable(impl.repro)):
+        raise InvalidArgument(
+            f"repro={impl.repro!r} of {impl.name!r} is neither a template nor a function of the "
+            "case; see stabcheck.repro"
+        )
     impl = replace(
         impl,
         loss=get_loss(impl.loss).name,

@@ -68,6 +68,7 @@ which the audit reports as underflow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from stabcheck.implementations import Implementation, register
@@ -149,6 +150,24 @@ def log_softmax_sparse(logits: Any, labels: Any) -> Any:
 LOG_SOFTMAX_NAN = "jax.nn.log_softmax: 'If any input values are +inf, the result will be all NaN'"
 
 
+def _smoothing(function: str) -> Callable[[Any], str]:
+    """The call as a script writes it (``stabcheck.repro``): the labels through
+    ``optax.smooth_labels`` where the case has ``label_smoothing``."""
+
+    def template(case: Any) -> str:
+        if "label_smoothing" in case.params:
+            return f"optax.{function}(x, optax.smooth_labels(y, {{label_smoothing}}))"
+        return f"optax.{function}(x, y)"
+
+    return template
+
+
+def _where(case: Any) -> str:
+    """``where=`` the rows not ignored, where the case has ``ignore_index``."""
+    where = ", where=y != {ignore_index}" if "ignore_index" in case.params else ""
+    return f"optax.softmax_cross_entropy_with_integer_labels(x, y{where})"
+
+
 def _register(
     name: str,
     loss: str,
@@ -157,6 +176,7 @@ def _register(
     description: str,
     documented: dict[str, str] | None = None,
     params: tuple[str, ...] = (),
+    repro: str | Callable[[Any], str] | None = None,
 ) -> None:
     requires = ("jax", "optax") if library == "optax" else ("jax",)
     register(
@@ -171,6 +191,7 @@ def _register(
             requires=requires,
             documented=documented or {},
             params=params,
+            repro=repro,
         )
     )
 
@@ -183,6 +204,7 @@ _register(
     "optax.softmax_cross_entropy(logits, labels): -sum(labels * log_softmax(logits)); "
     "label_smoothing e: labels = optax.smooth_labels(labels, e) first",
     params=("label_smoothing",),
+    repro=_smoothing("softmax_cross_entropy"),
 )
 _register(
     "optax.softmax_cross_entropy_with_integer_labels",
@@ -192,6 +214,7 @@ _register(
     "optax.softmax_cross_entropy_with_integer_labels(logits, labels): logsumexp(x) - x_k; "
     "ignore_index: where=labels != ignore_index",
     params=("ignore_index",),
+    repro=_where,
 )
 _register(
     "optax.safe_softmax_cross_entropy",
@@ -201,6 +224,7 @@ _register(
     "optax.safe_softmax_cross_entropy(logits, labels): zero labels give 0 even under -inf "
     "logits, custom JVP; label_smoothing e: labels = optax.smooth_labels(labels, e) first",
     params=("label_smoothing",),
+    repro=_smoothing("safe_softmax_cross_entropy"),
 )
 _register(
     "optax.sigmoid_binary_cross_entropy",
@@ -209,6 +233,7 @@ _register(
     "optax",
     "optax.sigmoid_binary_cross_entropy(logits, labels): "
     "-z log_sigmoid(x) - (1 - z) log_sigmoid(-x)",
+    repro="optax.sigmoid_binary_cross_entropy(x, y)",
 )
 _register(
     "optax.sigmoid_focal_loss",
@@ -218,6 +243,7 @@ _register(
     "optax.sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma): "
     "a_t (1 - p_t)^gamma CE(x, z); alpha absent: None (no weighting)",
     params=("alpha", "gamma"),
+    repro="optax.sigmoid_focal_loss(x, y{options})",
 )
 _register(
     "jax.nn.log_softmax",
@@ -225,6 +251,7 @@ _register(
     log_softmax_soft,
     "jax",
     "-sum(y * jax.nn.log_softmax(x, axis=-1), axis=-1), composed by hand",
+    repro="-jnp.sum(y * jax.nn.log_softmax(x, axis=-1), axis=-1)",
 )
 _register(
     "jax.nn.log_softmax",
@@ -233,4 +260,5 @@ _register(
     "jax",
     "-take_along_axis(jax.nn.log_softmax(x, axis=-1), k), composed by hand",
     documented={"nan": LOG_SOFTMAX_NAN},
+    repro="-jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), y[:, None], axis=-1)[:, 0]",
 )

@@ -199,6 +199,24 @@ def _sparse(backend: str, from_logits: bool) -> Callable[..., Any]:
     return fn
 
 
+def _repro(function: str, from_logits: bool) -> Callable[[Any], str]:
+    """The call as a script writes it (``stabcheck.repro``): the function, or its Loss class
+    with ``dtype=`` the input's where the case has a reduction; binary inputs given a
+    trailing axis, as ``_binary`` does."""
+    y, x = ("y", "x")
+    if function == "binary_crossentropy":
+        y, x = "keras.ops.expand_dims(y, -1)", "keras.ops.expand_dims(x, -1)"
+    options = f"from_logits={from_logits}{{options}}"
+
+    def template(case: Any) -> str:
+        if "reduction" in case.params:
+            return (f"keras.losses.{loss_class(function)}(reduction={{reduction}}, "
+                    f"dtype={{dtype}}, {options})({y}, {x})")  # fmt: skip
+        return f"keras.losses.{function}({y}, {x}, {options})"
+
+    return template
+
+
 # (keras function, its factory, the loss with from_logits=False, with from_logits=True,
 # the catalogue's options it takes)
 FUNCTIONS = (
@@ -267,6 +285,7 @@ def _register() -> None:
                         documented=_documented(backend, function, from_logits),
                         params=params,
                         choices={"reduction": REDUCTIONS},
+                        repro=_repro(function, from_logits),
                     )
                 )
 

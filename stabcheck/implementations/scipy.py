@@ -143,6 +143,23 @@ def log_expit_weighted(x: Array, z: Array, pos_weight: float) -> Array:
 
 _UPCAST = "float16 and bfloat16 go to scipy's float64 loop and come back as float64"
 
+# How a script calls each composition (stabcheck.repro): the same expression
+PICK = "np.take_along_axis({}, y[:, None], axis=-1)[:, 0]"  # row i's entry y[i]
+SP = "scipy.special"
+REPROS = {
+    log_softmax_softmax: f"-(y * {SP}.log_softmax(x, axis=1)).sum(axis=1)",
+    log_softmax_sparse: "-" + PICK.format(f"{SP}.log_softmax(x, axis=1)"),
+    logsumexp_softmax: f"y.sum(axis=1) * {SP}.logsumexp(x, axis=1) - (y * x).sum(axis=1)",
+    logsumexp_sparse: f"{SP}.logsumexp(x, axis=1) - " + PICK.format("x"),
+    xlogy_binary: f"-({SP}.xlogy(y, x) + {SP}.xlogy(1 - y, 1 - x))",
+    xlogy_categorical: f"-{SP}.xlogy(y, x).sum(axis=1)",
+    xlogy_sparse_categorical: "-np.log(" + PICK.format("x") + ")",
+    log_expit_sigmoid: f"-(y * {SP}.log_expit(x) + (1 - y) * {SP}.log_expit(-x))",
+    log_expit_weighted: (
+        f"-({{pos_weight}} * y * {SP}.log_expit(x) + (1 - y) * {SP}.log_expit(-x))"
+    ),
+}
+
 _FAMILIES: dict[str, tuple[str, dict[str, Fn]]] = {
     "scipy.log_softmax": (
         "-sum(y * scipy.special.log_softmax(x, axis=1)) and -log_softmax(x)[k], in the input "
@@ -191,5 +208,6 @@ for _name, (_description, _table) in _FAMILIES.items():
                 library="scipy",
                 description=_description,
                 requires=("scipy",),
+                repro=REPROS[_fn],
             )
         )

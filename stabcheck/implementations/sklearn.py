@@ -100,6 +100,34 @@ def log_loss_sparse_categorical(p: Array, k: Array) -> Array:
     return np.asarray(losses, dtype=_dtype(p))
 
 
+def _hard_only(template: str) -> Callable[[Any], str | None]:
+    """``template``, or None where the case has soft labels (the adapter refuses them
+    before calling log_loss)."""
+
+    def repro(case: Any) -> str | None:
+        labels = case.labels.astype(np.float64)
+        return template if ((labels == 0) | (labels == 1)).all() else None
+
+    return repro
+
+
+# How a script calls log_loss (stabcheck.repro): per sample, as the functions above do
+LOG_LOSS = "sklearn.metrics.log_loss"
+REPROS: dict[str, str | Callable[[Any], str | None]] = {
+    "binary_crossentropy": _hard_only(
+        f"[{LOG_LOSS}([int(t)], q, normalize=False, labels=[0, 1]) "
+        "for t, q in zip(y.ravel(), x.reshape(-1, 1))]"
+    ),
+    "categorical_crossentropy": _hard_only(
+        f"[{LOG_LOSS}(t[None, :].astype(np.int64), q[None, :], normalize=False) "
+        "for t, q in zip(y, x)]"
+    ),
+    "sparse_categorical_crossentropy": (
+        f"[{LOG_LOSS}([int(t)], q[None, :], normalize=False, labels=list(range({{classes}}))) "
+        "for t, q in zip(y, x)]"
+    ),
+}
+
 _LOSSES: dict[str, tuple[str, Fn]] = {
     "binary_crossentropy": (
         "log_loss([z], [p], normalize=False, labels=[0, 1]) per element; hard targets 0 and 1",
@@ -129,5 +157,6 @@ for _loss, (_what, _fn) in _LOSSES.items():
             ),
             requires=("sklearn",),
             documented={"clipped": CLIPPED, "error": REFUSED},
+            repro=REPROS[_loss],
         )
     )

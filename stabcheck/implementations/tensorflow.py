@@ -78,6 +78,7 @@ def _register() -> None:
                 library="tensorflow",
                 description=(fn.__doc__ or "").strip(),
                 requires=("tensorflow",),
+                repro=f"tf.nn.{fn.__name__}(labels=y, logits=x{{options}})",
             )
         )
 

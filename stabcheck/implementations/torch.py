@@ -179,7 +179,16 @@ REDUCTIONS = {"reduction": ("none", "sum", "mean")}
 # anything else it warns and runs the reference path, so those cases are not given to it.
 CHUNKED_POLICIES = ("accurate", "balanced", "compact")
 
-_TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] = (
+# How a script calls each function (stabcheck.repro): torch's default reduction is "mean",
+# so the adapters' "none" is always written.
+F = "torch.nn.functional"
+CROSS_ENTROPY = f"{F}.cross_entropy(x, y{{options}}, reduction={{reduction}})"
+LINEAR_CROSS_ENTROPY = (
+    f"{F}.linear_cross_entropy(x, {{linear_weight}}, y{{options}}, reduction={{reduction}})"
+)
+
+# (name, loss, function, description, documented, options, repro template)
+_TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...], str], ...] = (
     (
         "torch.cross_entropy",
         "sparse_softmax_cross_entropy_with_logits",
@@ -188,6 +197,7 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "with class indices",
         {},
         ("label_smoothing", "weight", "ignore_index", "reduction"),
+        CROSS_ENTROPY,
     ),
     (
         "torch.cross_entropy",
@@ -196,6 +206,7 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.cross_entropy(x, y, weight=w, reduction=r, label_smoothing=e) with probability targets",
         {},
         ("label_smoothing", "weight", "reduction"),
+        CROSS_ENTROPY,
     ),
     (
         "torch.nll_loss(log_softmax)",
@@ -204,6 +215,7 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.nll_loss(F.log_softmax(x, dim=1), k, weight=w, ignore_index=i, reduction=r)",
         {},
         ("weight", "ignore_index", "reduction"),
+        f"{F}.nll_loss({F}.log_softmax(x, dim=1), y{{options}}, reduction={{reduction}})",
     ),
     (
         "torch.binary_cross_entropy",
@@ -212,6 +224,7 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.binary_cross_entropy(p, z, reduction=r)",
         {"clipped": BCE_CLAMP_DOC},
         ("reduction",),
+        f"{F}.binary_cross_entropy(x, y, reduction={{reduction}})",
     ),
     (
         "torch.binary_cross_entropy_with_logits",
@@ -220,6 +233,7 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.binary_cross_entropy_with_logits(x, z, reduction=r)",
         {},
         ("reduction",),
+        f"{F}.binary_cross_entropy_with_logits(x, y, reduction={{reduction}})",
     ),
     (
         "torch.binary_cross_entropy_with_logits",
@@ -228,6 +242,8 @@ _TABLE: tuple[tuple[str, str, Any, str, dict[str, str], tuple[str, ...]], ...] =
         "F.binary_cross_entropy_with_logits(x, z, reduction=r, pos_weight=q)",
         {},
         ("pos_weight", "reduction"),
+        f"{F}.binary_cross_entropy_with_logits(x, y, reduction={{reduction}}, "
+        "pos_weight=torch.tensor({pos_weight}, dtype=x.dtype))",
     ),
 )
 
@@ -240,6 +256,7 @@ _TABLE += (
         "label_smoothing=e) on the reference path (options=None)",
         {},
         ("label_smoothing", "weight", "ignore_index", "reduction"),
+        LINEAR_CROSS_ENTROPY,
     ),
     (
         "torch.linear_cross_entropy",
@@ -249,6 +266,7 @@ _TABLE += (
         "label_smoothing=e) with probability targets (the reference path)",
         {},
         ("label_smoothing", "weight", "reduction"),
+        LINEAR_CROSS_ENTROPY,
     ),
     *(
         (
@@ -260,12 +278,15 @@ _TABLE += (
             f"batch_chunk_size={CHUNK_ROWS})): the chunked path",
             {},
             ("weight", "ignore_index", "reduction"),
+            LINEAR_CROSS_ENTROPY.removesuffix(")")
+            + f", options=torch.nn.LinearCrossEntropyOptions(acc_policy={policy!r}, "
+            f"chunking_method=None, batch_chunk_size={CHUNK_ROWS}))",
         )
         for policy in CHUNKED_POLICIES
     ),
 )
 
-for _name, _loss, _fn, _description, _documented, _params in _TABLE:
+for _name, _loss, _fn, _description, _documented, _params, _repro in _TABLE:
     register(
         Implementation(
             name=_name,
@@ -279,5 +300,6 @@ for _name, _loss, _fn, _description, _documented, _params in _TABLE:
             documented=_documented,
             params=_params,
             choices=REDUCTIONS,
+            repro=_repro,
         )
     )

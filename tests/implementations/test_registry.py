@@ -130,6 +130,7 @@ def test_register_canonicalises_and_refuses_duplicates(fresh_registry):
         (Implementation("", "log_loss", abs), "name=''"),
         (Implementation("x", "log_loss", 3), "fn=3 .* not callable"),
         (Implementation("x", "log_loss", abs, grad="g"), "grad='g' .* not callable"),
+        (Implementation("x", "log_loss", abs, repro=3), "repro=3 .* neither a template"),
         (Implementation("x", "log_loss", abs, backend="pytorch"), "Did you mean 'torch'"),
         (Implementation("x", "nope", abs), "loss='nope'"),
         (Implementation("x", "log_loss", abs, formats=("float128",)), "format='float128'"),
