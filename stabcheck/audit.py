@@ -37,6 +37,7 @@ from stabcheck import _signals
 from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached
+from stabcheck.findings import Finding, Investigation, group, investigate
 from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import (
     Implementation,
@@ -55,11 +56,13 @@ from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
 COLUMNS = (
     "implementation", "library", "loss", "format", "regime", "origin", "case_id", "quantity",
     "index", "status", "ulps", "bits", "relative_error", "condition", "exact", "expected",
-    "got", "note",
+    "got", "note", "finding",
 )  # fmt: skip
 DEFAULT_EXAMPLES = 8
 DEFAULT_SEARCH = 10
 DEFAULT_TIMEOUT = 60.0
+FINDINGS_SHARE = 0.2  # of the measuring time, at most, for onsets, shapes and shrinking
+FINDINGS_FLOOR = 5.0  # seconds a short audit may spend on them all the same
 MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; longer limits are mistakes (or inf)
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
 
@@ -79,6 +82,7 @@ class AuditConfig:
     timeout: float = DEFAULT_TIMEOUT
     max_ulps: float = DEFAULT_MAX_ULPS
     jobs: int | None = None  # processes measuring at once; None: one per core
+    investigate: bool = True  # bisect onsets, shrink cases, look for shapes (findings.py)
 
     def validated(self) -> AuditConfig:
         """Check every argument up front, with the fix in the message, and return the
@@ -93,8 +97,9 @@ class AuditConfig:
         }  # fmt: skip
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgument(f"seed={self.seed!r} must be an integer")
-        if not isinstance(self.grad, bool):
-            raise InvalidArgument(f"grad={self.grad!r} must be True or False")
+        for name in ("grad", "investigate"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name}={getattr(self, name)!r} must be True or False")
         if not _real(self.timeout) or not 0 < self.timeout <= MAX_TIMEOUT:
             raise InvalidArgument(
                 f"timeout={self.timeout!r} must be a number of seconds above 0 and at most "
@@ -213,6 +218,9 @@ class AuditResult:
     unsupported: dict[str, dict[str, str]] = field(default_factory=dict)  # see turned_down
     unavailable: dict[str, str] = field(default_factory=dict)  # name -> how to install
     without_gradients: list[str] = field(default_factory=list)  # with grad: values only
+    findings: list[Finding] = field(default_factory=list)  # worst first
+    investigation: Investigation = field(default_factory=Investigation)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: measure, findings
 
     def turned_down(self, name: str, fmt: str, why: str = "") -> None:
         """Note that implementation ``name`` does not take ``fmt`` (``why``: what its library
@@ -379,9 +387,40 @@ def run_audit(
                 runners.close()
     except KeyboardInterrupt:
         result.interrupted = True
+    result.phases["measure"] = time.perf_counter() - start
+    try:
+        _find(result, config, max(FINDINGS_SHARE * result.phases["measure"], FINDINGS_FLOOR))
+    except KeyboardInterrupt:
+        result.interrupted = True
     finally:
+        result.phases["findings"] = time.perf_counter() - start - result.phases["measure"]
         result.seconds = time.perf_counter() - start
     return result
+
+
+def _find(result: AuditResult, config: AuditConfig, budget: float) -> None:
+    """Group the rows into findings (``finding`` column); unless the run was interrupted
+    or ``config.investigate`` is off, bisect their onsets, shrink their cases and look for
+    shapes within ``budget`` seconds, calling implementations through the runner."""
+    documented = {name: dict(impl.documented) for name, impl in result.implementations.items()}
+    found = group(result.rows, result.cases, documented)
+    if config.investigate and not result.interrupted and found:
+        runners = Runners(config.timeout, 1)
+        pairs = dict.fromkeys((row["implementation"], row["loss"]) for row in result.rows)
+        impls = {pair: _implementation(*pair, config.timeout) for pair in pairs}
+        try:
+            result.investigation = investigate(
+                found, result.rows, result.cases, impls,
+                lambda impl, case, grad: runners.get(impl).call(impl, case, grad),
+                config.max_ulps, budget,
+            )  # fmt: skip
+        finally:
+            runners.close()
+        found = sorted(found + result.investigation.shapes, key=lambda f: f.rank)
+    for finding in found:
+        for position in finding.rows:
+            result.rows[position]["finding"] = finding.id
+    result.findings = found
 
 
 @dataclass(frozen=True)
@@ -630,6 +669,14 @@ def _implementations(
     return chosen
 
 
+def _implementation(name: str, loss: str, timeout: float) -> Implementation:
+    """The implementation ``name`` of ``loss``: registered, or a user's function."""
+    if ":" in name:
+        description, accepts = check_user(name, timeout)
+        return user_implementation(name, loss, description=description, accepts=accepts)
+    return implementations(names=name, losses=loss)[0]
+
+
 def _install_hint(impl: Implementation) -> str:
     missing = [m for m in impl.requires if not backends.installed(m)]
     extras = sorted({backends.EXTRAS.get(m, m) for m in missing})
@@ -648,6 +695,7 @@ def _rows(
     origin: str,
 ) -> Iterable[dict[str, Any]]:
     base = {
+        "finding": "",
         "implementation": impl.name,
         "library": impl.library,
         "loss": case.loss.name,

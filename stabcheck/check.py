@@ -194,6 +194,7 @@ class CheckResult:
         lines += _aligned(table, indent=2)
         if len(failed) > SHOWN_GROUPS:
             lines.append(f"  ... and {len(failed) - SHOWN_GROUPS} more failing groups")
+        lines += self._findings()
         worst = failed[0]
         lines += ["", *_describe(worst)]
         others = [g for g in failed[1:SHOWN_GROUPS] if g.finding is not None]
@@ -216,6 +217,24 @@ class CheckResult:
             "the same cases.",
         ]
         return "\n".join(lines)
+
+    def _findings(self) -> list[str]:
+        """The distinct problems behind the failures (``stabcheck.findings``), worst first,
+        one line each, with IDs that an audit or a gate of the same function shares."""
+        from stabcheck.findings import group
+
+        rows = [r for r in self.rows if r["status"] not in self.allow]
+        found = group(rows, self.cases)
+        if not found:
+            return []
+        lines = ["", "Findings (distinct problems, worst first):"]
+        for f in found[:SHOWN_GROUPS]:
+            formats = ", ".join(sorted(f.formats))
+            lines.append(f"  {f.id} {f.failure} in the {f.quantity}, with {f.feature} "
+                         f"({formats}; {len(f.rows)} outputs)")  # fmt: skip
+        if len(found) > SHOWN_GROUPS:
+            lines.append(f"  ... and {len(found) - SHOWN_GROUPS} more")
+        return lines
 
     def _what(self) -> str:
         return "values and gradients" if self.grad else "values"
@@ -905,18 +924,24 @@ def write_session_report(
 ) -> list[Path]:
     """Write the measurements of a test session into the directory ``out``:
     ``measurements.csv`` (the audit's columns and the test's node id), ``cases.jsonl.gz``,
-    ``summary.md`` (one line per check, then the audit's tables), ``worst.md`` (the worst
-    measurements with reproductions) and ``run.json``; as one set, replacing an earlier
-    report there as a whole (``stabcheck._files.replace_files``)."""
+    ``summary.md`` (one line per check, then the audit's glance table and findings),
+    ``findings.md`` and ``findings.csv`` (the findings with reproductions), ``tables.md`` and
+    ``run.json``; as one set, replacing an earlier report there as a whole
+    (``stabcheck._files.replace_files``)."""
     import pandas as pd
 
     from stabcheck._files import replace_files
     from stabcheck.audit import COLUMNS, AuditConfig, AuditResult
+    from stabcheck.findings import group
     from stabcheck.report import REPORT_FILES, report_files, run_info, summary_markdown
 
     out = Path(out)
-    frame = pd.DataFrame(list(rows), columns=[*COLUMNS, "test"])
     audit = AuditResult(rows=[dict(r) for r in rows], cases=dict(cases))
+    audit.findings = group(audit.rows, audit.cases)
+    for finding in audit.findings:
+        for position in finding.rows:
+            audit.rows[position]["finding"] = finding.id
+    frame = pd.DataFrame(audit.rows, columns=[*COLUMNS, "test"])
     config = AuditConfig(
         formats=sorted({f for c in checks for f in c["formats"]}) or None,
         grad=any(c["grad"] for c in checks),
@@ -946,7 +971,8 @@ def write_session_report(
     body = audit_md[start + 1 :] if start >= 0 and not frame.empty else "No measurements.\n"
     summary = "\n".join(lines) + "\n\n" + body
     run = {"checks": list(checks), "versions": info["versions"]}
-    files = report_files(frame, dict(cases), summary, json.dumps(run, indent=2, default=str))
+    files = report_files(frame, dict(cases), summary, json.dumps(run, indent=2, default=str),
+                         audit.findings, audit.rows)  # fmt: skip
     return replace_files(out, files, REPORT_FILES)
 
 

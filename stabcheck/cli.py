@@ -568,7 +568,11 @@ def _gate(args: argparse.Namespace) -> int:
     update = f"stabcheck gate --baseline {args.baseline} --update"
     comparison = outcome.comparison
     print(comparison.text(args.baseline, update), end="")
-    markdown = comparison.markdown(args.baseline, update)
+    from stabcheck.report import findings_table
+
+    markdown = comparison.markdown(args.baseline, update) + "\n" + findings_table(
+        outcome.audit.findings
+    )
     if summary is not None:
         summary.write_text(markdown, encoding="utf-8")
     if os.environ.get("GITHUB_STEP_SUMMARY"):

@@ -12,7 +12,12 @@ the count of every status and the largest and median ULPs. A fresh run is **wors
   (defaults 1 ULP and 25%, ``Tolerance``), so a different libm's last bit passes and a
   real loss of accuracy does not;
 * an entry of the baseline is no longer measured although it is selected;
-* an entry that the baseline does not know has a status other than ``ok``.
+* an entry that the baseline does not know has a status other than ``ok``;
+* a finding (``stabcheck.findings``) that the baseline does not hold appears, or one whose
+  onset the baseline records starts closer to ordinary inputs than it did (its parameter
+  nearer 0, or a probability nearer 1/2, by more than ``ONSET_SLACK``). Each such
+  regression comes with the case that replays it. Onsets are recorded as far as the
+  audit's time budget for findings reached; those missing on either side are not compared.
 
 The reverse changes are improvements: the gate passes and suggests ``--update``.
 
@@ -33,7 +38,7 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ FORMAT_VERSION = 1
 CORPUS_REGIME = "corpus"
 CORPUS_UNIT_LIMIT = 1024  # elements of the largest case --save-failures adds to a corpus
 KEY_FIELDS = ("implementation", "loss", "format", "regime", "quantity")
+ONSET_SLACK = 0.01  # relative move of an onset toward ordinary inputs that is not a regression
 Key = tuple[str, str, str, str, str]
 
 
@@ -159,6 +165,7 @@ class Baseline:
     entries: dict[Key, Entry]
     corpus: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ID (finding_entries)
 
     def dumps(self) -> str:
         """JSON with sorted keys and one entry per line, for readable diffs."""
@@ -171,9 +178,13 @@ class Baseline:
         for name, value in head.items():
             lines.append(f"  {json.dumps(name)}: {json.dumps(value, sort_keys=True)},")
         body = [json.dumps(self.entries[k].to_dict()) for k in sorted(self.entries)]
-        lines.append('  "entries": [')
-        lines += [f"    {line}," for line in body[:-1]] + [f"    {line}" for line in body[-1:]]
-        lines += ["  ]", "}"]
+        found = [json.dumps(self.findings[k], sort_keys=True) for k in sorted(self.findings)]
+        for name, items in (("entries", body), ("findings", found)):
+            lines.append(f'  "{name}": [')
+            lines += [f"    {line}," for line in items[:-1]]
+            lines += [f"    {line}" for line in items[-1:]]
+            lines.append("  ]," if name == "entries" else "  ]")
+        lines.append("}")
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> Path:
@@ -202,6 +213,7 @@ class Baseline:
                 entries={e.key: e for e in found},
                 corpus=dict(data.get("corpus", {})),
                 environment=dict(data.get("environment", {})),
+                findings={str(f["id"]): dict(f) for f in data.get("findings", [])},
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             what = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -219,9 +231,10 @@ class Change:
     """One difference between the baseline and the run, in one entry."""
 
     key: Key
-    what: str  # a status, "max ULPs", "median ULPs", "measured" or "entry"
+    what: str  # a status, "max ULPs", "median ULPs", "measured", "entry" or a finding
     before: Any
     after: Any
+    replay: str = ""  # a case (Case.to_json) that shows a finding's regression
 
 
 @dataclass
@@ -256,6 +269,10 @@ class Comparison:
             if changes:
                 lines += ["", f"{title}:", *_aligned([_HEADER] + [_cells(c) for c in changes])]
         lines += [f"note: {n}" for n in self.notes]
+        replays = [c for c in self.regressions if c.replay]
+        if replays:
+            lines += ["", "Replay each finding that is new or starts earlier (Case.from_json):"]
+            lines += [f"  {c.what.split(':')[0]}: {c.replay}" for c in replays]
         if self.regressions:
             lines += ["", f"If the change is intended, rewrite the baseline: {update}"]
         elif self.improvements:
@@ -272,6 +289,11 @@ class Comparison:
                 lines += ["| " + " | ".join(_cells(c)) + " |" for c in changes]
                 lines.append("")
         lines += [f"- {n}" for n in self.notes]
+        replays = [c for c in self.regressions if c.replay]
+        if replays:
+            lines += ["### Replay", ""]
+            lines += [f"- {c.what.split(':')[0]}: `{c.replay}`" for c in replays]
+            lines.append("")
         if self.regressions or self.improvements:
             lines += ["", f"To record the new results: `{update}`"]
         return "\n".join(lines) + "\n"
@@ -307,10 +329,12 @@ def compare(
     run: Mapping[Key, Entry],
     tolerance: Tolerance = Tolerance(),
     expected: Iterable[Key] | None = None,
+    findings: tuple[Mapping[str, Mapping[str, Any]], Mapping[str, Mapping[str, Any]]] = ({}, {}),
 ) -> Comparison:
     """Compare the run's entries with the baseline's. ``expected`` are the baseline keys
     the run should have measured (missing ones are regressions); ``None`` compares only the
-    keys the run has (a partial test session)."""
+    keys the run has (a partial test session). ``findings`` holds the baseline's and the
+    run's findings (``finding_entries``), compared by ``compare_findings``."""
     result = Comparison()
     for key in sorted(set(expected or ()) - set(run)):
         if key in baseline:
@@ -343,7 +367,70 @@ def compare(
                 result.regressions.append(Change(key, what, before, after))
             elif after < before - tolerance.slack(before):
                 result.improvements.append(Change(key, what, before, after))
+    compare_findings(*findings, result)
     return result
+
+
+def finding_entries(found: Iterable[Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """The findings (``stabcheck.findings.Finding``) as the baseline keeps them: what they
+    are, how many measurements show them, their onsets, and a case that replays them."""
+    out = {}
+    for f in found:
+        onsets = {fmt: {"parameter": o["parameter"], "from": o["from"], "case": o["failing"]}
+                  for fmt, o in f.onset.items()}  # fmt: skip
+        out[f.id] = {
+            "id": f.id, "implementation": f.implementation, "loss": f.loss,
+            "quantity": f.quantity, "failure": f.failure, "feature": f.feature,
+            "measurements": len(f.rows), "onsets": onsets, "case": _replay(f, rows),
+        }  # fmt: skip
+    return out
+
+
+def _replay(finding: Any, rows: Sequence[Mapping[str, Any]]) -> str:
+    if finding.shrunk is not None:
+        return finding.shrunk.to_json()
+    return f"case {rows[finding.worst[1]]['case_id']}" if finding.worst[1] >= 0 else ""
+
+
+def _distance(parameter: str, x: float) -> float:
+    """How far an onset is from ordinary inputs: |x|, or |x - 1/2| for a probability."""
+    return abs(x - 0.5) if parameter == "probability" else abs(x)
+
+
+def compare_findings(
+    old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], into: Comparison
+) -> None:
+    """A finding the baseline does not hold is a regression, so is an onset that moved
+    toward ordinary inputs (by more than ``ONSET_SLACK``); a finding gone, or an onset that
+    moved away, is an improvement. Without findings in the baseline (an older file),
+    nothing is compared."""
+    if not old:
+        return
+    for fid in sorted(set(new) | set(old)):
+        f = new.get(fid) or old[fid]
+        key: Key = (f["implementation"], f["loss"], "", "", f["quantity"])
+        what = f"{fid}: {f['failure']} with {f['feature']}"
+        if fid not in old:
+            into.regressions.append(Change(key, what, "not in baseline",
+                                           f"{f['measurements']} measurements", f["case"]))
+            continue
+        if fid not in new:
+            into.improvements.append(Change(key, what, f"{f['measurements']} measurements",
+                                            "gone"))
+            continue
+        for fmt, onset in new[fid]["onsets"].items():
+            before = old[fid]["onsets"].get(fmt)
+            if before is None or before["parameter"] != onset["parameter"]:
+                continue
+            far, near = _distance(onset["parameter"], before["from"]), _distance(
+                onset["parameter"], onset["from"])
+            change = Change(key, f"{what}: onset in {fmt}",
+                            f"{onset['parameter']} {before['from']:.6g}",
+                            f"{onset['parameter']} {onset['from']:.6g}", onset["case"])
+            if near < far * (1 - ONSET_SLACK):
+                into.regressions.append(change)
+            elif near > far * (1 + ONSET_SLACK):
+                into.improvements.append(replace(change, replay=""))
 
 
 # -- the regression corpus ------------------------------------------------------------------
@@ -513,7 +600,8 @@ def run_gate(
             audit.cases.update(extra.cases)
             new_cases += failing
     record = corpus_record(config, audit, corpus_file, path, len(corpus) + len(new_cases))
-    obtained = Baseline(entries(audit.rows), record, environment(audit, config))
+    obtained = Baseline(entries(audit.rows), record, environment(audit, config),
+                        finding_entries(audit.findings, audit.rows))  # fmt: skip
     if update and not accept_errors:
         _refuse_failed_entries(obtained, audit)
     added = add_to_corpus(corpus_file, new_cases) if new_cases else []
@@ -522,7 +610,8 @@ def run_gate(
         return GateResult(audit, obtained, None, corpus_file, added, notes)
     if old is None:  # only when update made it optional
         raise InvalidArgument(f"baseline {path} does not exist")
-    comparison = compare(old.entries, obtained.entries, tolerance, expected_keys(old, config))
+    comparison = compare(old.entries, obtained.entries, tolerance, expected_keys(old, config),
+                         (_selected_findings(old, config), obtained.findings))  # fmt: skip
     comparison.notes += [
         f"{name} was {old.environment[name]} in the baseline, now {value}"
         for name, value in sorted(obtained.environment.items())
@@ -667,6 +756,14 @@ def environment(audit: Any, config: Any) -> dict[str, str]:
     info = run_info(audit, config)
     versions = {k: str(v) for k, v in info["versions"].items() if k != "platform"}
     return {**versions, **{k: str(v) for k, v in info["libraries"].items()}}
+
+
+def _selected_findings(baseline: Baseline, config: Any) -> dict[str, dict[str, Any]]:
+    """The baseline's findings of the implementations and losses a run of ``config``
+    measures (a narrowed gate does not miss the others)."""
+    chosen = {key[:2] for key in expected_keys(baseline, config)}
+    return {fid: f for fid, f in baseline.findings.items()
+            if (f["implementation"], f["loss"]) in chosen}  # fmt: skip
 
 
 def expected_keys(baseline: Baseline, config: Any) -> list[Key]:

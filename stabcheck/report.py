@@ -7,15 +7,21 @@ folder holds one run's report, complete (marked in ``summary.md`` and ``run.json
 run was interrupted), or the previous one untouched:
 
 * ``measurements.csv`` (and ``measurements.parquet`` when pyarrow is installed): one row a
-  measurement, the columns of ``stabcheck.audit.COLUMNS`` (read it back with
-  ``load_measurements``: plain ``pandas.read_csv`` turns the status ``nan`` into NaN);
+  measurement, the columns of ``stabcheck.audit.COLUMNS``, ``finding`` the ID of the finding
+  it belongs to (read it back with ``load_measurements``: plain ``pandas.read_csv`` turns
+  the status ``nan`` into NaN);
+* ``findings.csv`` (and ``findings.parquet``): one row a finding, the columns of
+  ``stabcheck.findings.FINDING_COLUMNS``, joined to the measurements by ``id``;
 * ``cases.jsonl.gz``: every case measured, ``{"id": ..., "case": {...}}`` with hex floats;
-* ``summary.md``: implementation x format at a glance, hard failures apart from losses of
-  accuracy, then per implementation x loss x format the count of each status, the median
-  and maximum ULPs and a histogram of the bits of error;
-* ``worst.md``: the worst measurements of each implementation, each with a reproduction;
-* ``run.json``: the seed, the configuration, the versions of everything, the wall time;
-* ``plots/*.png`` when matplotlib is installed: status and error by regime and format.
+* ``summary.md``: a glance table (hard failures on finite inputs, behaviour on non-finite
+  inputs and accuracy apart), then a screen per implementation: its findings, worst first;
+* ``findings.md``: every finding with its worst measurement, onset, smallest case and a
+  repro in the library's own terms;
+* ``tables.md``: per implementation, loss, format and quantity the count of each status,
+  the median and maximum ULPs and a histogram of the bits of error;
+* ``run.json``: the seed, the configuration, the versions of everything, the wall time
+  and the seconds of each phase;
+* ``plots/*.png`` when matplotlib is installed (``stabcheck.plots``).
 
 During a run, ``write_checkpoint`` keeps the measurements so far in
 ``measurements.partial.csv`` (what is left of a run that was killed outright); the report
@@ -24,9 +30,7 @@ replaces it.
 
 from __future__ import annotations
 
-import functools
 import gzip
-import io
 import json
 import math
 import platform
@@ -37,8 +41,20 @@ from typing import Any
 from stabcheck._files import Writer, atomic_write, replace_files
 from stabcheck.audit import AuditConfig, AuditResult
 from stabcheck.case import Case
-from stabcheck.formats import format_names
-from stabcheck.measure import ACCURACY_LOSSES, HARD_FAILURES, SEVERITY, STATUSES
+from stabcheck.findings import (
+    NOT_A_NUMBER,
+    POINT,
+    SWEEP_COLUMNS,
+    TIERS,
+    Finding,
+    failure,
+    findings_frame,
+    format_hex,
+    format_value,
+    unit_of,
+)
+from stabcheck.formats import format_names, get_format
+from stabcheck.measure import SEVERITY, STATUSES
 
 BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bits of error: 0, <=1, <=2, ... <=64, more
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -47,37 +63,52 @@ INLINE_CASE_LIMIT = 600  # characters of JSON above which a reproduction points 
 
 
 CHECKPOINT = "measurements.partial.csv"
-REPORT_FILES = ("measurements.csv", "measurements.parquet", "cases.jsonl.gz", "summary.md",
-                "worst.md", "run.json", "plots/*.png", CHECKPOINT)  # fmt: skip
+# every file a report may hold (worst.md: what findings.md replaced, removed from old reports)
+REPORT_FILES = ("measurements.csv", "measurements.parquet", "findings.csv", "findings.parquet",
+                "cases.jsonl.gz", "summary.md", "findings.md", "tables.md", "run.json",
+                "plots/*.png", "worst.md", CHECKPOINT)  # fmt: skip
+FINDINGS_PER_IMPLEMENTATION = 12  # lines of findings per implementation in summary.md
 
 
 def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> list[Path]:
     """Write every report file into ``out`` (created if needed) as one set; return their
     paths."""
+    import pandas as pd
+
+    from stabcheck.plots import plots
+
     frame = result.frame()
     summary = summary_markdown(frame, result, config)
     info = json.dumps(run_info(result, config), indent=2)
-    files = report_files(frame, result.cases, summary, info)
+    files = report_files(frame, result.cases, summary, info, result.findings, result.rows)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
+        table = findings_frame(result.findings, result.rows)
         files["measurements.parquet"] = (frame.to_parquet, True)
-    files.update(plots(frame, result.unsupported))
+        files["findings.parquet"] = (table.to_parquet, True)
+    sweeps = pd.DataFrame(result.investigation.sweeps, columns=list(SWEEP_COLUMNS))
+    files.update(plots(frame, sweeps, result.unsupported))
     return replace_files(Path(out), files, REPORT_FILES)
 
 
 def report_files(
-    frame: Any, cases: dict[str, Case], summary: str, info: str
-) -> dict[str, Writer]:
+    frame: Any, cases: dict[str, Case], summary: str, info: str, found: list[Finding],
+    rows: list[dict[str, Any]],
+) -> dict[str, Writer]:  # fmt: skip
     """The files every report has (an audit's, a test session's), by name: the
-    measurements, the cases, the summary, the worst cases and ``info`` as run.json."""
+    measurements, the findings (``found``, grouped from ``rows``), the cases, the summary,
+    the tables and ``info`` as run.json."""
+    table = findings_frame(found, rows)
     return {
         "measurements.csv": (lambda f: frame.to_csv(f, index=False), False),
+        "findings.csv": (lambda f: table.to_csv(f, index=False), False),
         "cases.jsonl.gz": (lambda f: write_cases(f, cases), True),
         "summary.md": (lambda f: f.write(summary), False),
-        "worst.md": (lambda f: f.write(worst_markdown(frame, cases)), False),
+        "findings.md": (lambda f: f.write(findings_markdown(found, rows, cases)), False),
+        "tables.md": (lambda f: f.write(tables_markdown(frame)), False),
         "run.json": (lambda f: f.write(info), False),
     }
 
@@ -91,7 +122,7 @@ def write_checkpoint(result: AuditResult, out: str | Path) -> Path:
 
 
 TEXT_COLUMNS = ("implementation", "library", "loss", "format", "regime", "origin", "case_id",
-                "quantity", "index", "status", "note", "test")  # fmt: skip
+                "quantity", "index", "status", "note", "test", "finding")  # fmt: skip
 
 
 def load_measurements(path: str | Path) -> Any:
@@ -138,7 +169,11 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "config": asdict(config),
         "interrupted": result.interrupted,
         "wall_time_seconds": round(result.seconds, 1),
+        "phases_seconds": {k: round(v, 1) for k, v in result.phases.items()},
         "measurements": len(frame),
+        "findings": len(result.findings),
+        "findings_searched": result.investigation.searched,
+        "findings_not_searched": result.investigation.skipped,
         "cases": len(result.cases),
         "oracle_failures": result.oracle_failures,
         "oracle_units": result.oracle_units,
@@ -182,7 +217,7 @@ def _version(distribution: str) -> str:
 
 
 def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> str:
-    """The summary: a glance table, failures by kind, then the detail table."""
+    """The summary: the run, a glance table, then each implementation's findings."""
     info = run_info(result, config)
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if k != "platform")
     what = "values"
@@ -190,16 +225,16 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         what = "values and gradients"
         if result.without_gradients:
             what += f" (values only for {', '.join(result.without_gradients)}: no gradient)"
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in result.phases.items())
     lines = [
         "# stabcheck audit",
         "",
         f"Seed {config.seed}; {config.examples} cases per loss, format and regime; "
-        f"{what}; tolerance "
-        f"{config.max_ulps:g} ULPs, or a relative error of {config.max_ulps:g} eps x max(1, "
-        f"condition number); "
-        f"{info['measurements']} measurements of {info['cases']} cases in "
-        f"{info['wall_time_seconds']:.0f} s. {versions}.",
-    ]
+        f"{what}; tolerance {config.max_ulps:g} ULPs, or a relative error of "
+        f"{config.max_ulps:g} eps x max(1, condition number); {info['measurements']} "
+        f"measurements of {info['cases']} cases in {info['wall_time_seconds']:.0f} s"
+        + (f" ({phases})" if phases else "") + f". {versions}.",
+    ]  # fmt: skip
     units = result.oracle_units
     if sum(units.values()):
         lines += ["", f"The oracle decided {units['fast']} results (rows or elements) on its "
@@ -210,51 +245,241 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         lines += ["", f"The oracle gave up on {len(result.oracle_failures)} cases (run.json)."]
     if frame.empty:
         return "\n".join([*lines, "", "No measurements.", ""])
-    lines += ["", "## At a glance", "",
-              "Worst status over all losses, regimes, values and gradients, and the largest "
-              "ULPs among the measurements with that status. Results that are ok only "
-              "because the input is ill-conditioned are counted apart.",
-              ""]  # fmt: skip
+    found = result.findings
+    investigation = result.investigation
+    lines += ["", f"{len(found)} findings (`findings.md`, `findings.csv`): measurements grouped "
+              "by implementation, loss, quantity, failure and the input feature that triggers "
+              "it; each ID is the same in every run that finds the same problem."]  # fmt: skip
+    if investigation.searched or investigation.skipped:
+        lines[-1] += (f" Onsets and smallest cases were searched for {investigation.searched}"
+                      f" of them in {investigation.seconds:.0f} s"
+                      + (f"; {investigation.skipped} were left for lack of time (third-party "
+                         "libraries first, worst first)" if investigation.skipped else "")
+                      + ".")  # fmt: skip
     formats = [f for f in format_names() if f in set(config.formats or format_names())]
-    lines += _table(
-        ["implementation", *formats],
-        [
-            [impl, *(_glance(group[group["format"] == f], result.unsupported.get(impl, {}), f,
-                             result.implementations.get(impl), config.max_ulps)
-                     for f in formats)]
-            for impl, group in frame.groupby("implementation", sort=False)
-        ],
-    )  # fmt: skip
-    reasons = [f"{name} in {fmt}: {why}" for name, found in result.unsupported.items()
-               for fmt, why in found.items() if why]  # fmt: skip
+    lines += ["", "## At a glance", "",
+              "**Hard failures** are nan, overflow, clipped, error or timeout on finite inputs "
+              "(a documented one is marked so). **Non-finite inputs** is what the "
+              "implementation does with +-inf and NaN inputs, a matter of convention. "
+              "**Bits lost** is the most bits of error, log2(1 + ULPs), on finite inputs, per "
+              f"format ({' / '.join(formats)}; - none measured). **Findings** counts them by "
+              "tier: hard / non-finite / accuracy.", ""]  # fmt: skip
+    by_impl: dict[str, list[Finding]] = {}
+    for finding in found:
+        by_impl.setdefault(finding.implementation, []).append(finding)
+    rows = []
+    for impl, group in frame.groupby("implementation", sort=False):
+        mine = by_impl.get(impl, [])
+        rows.append([f"[{impl}](#{_anchor(impl)})", _hard(mine), _non_finite(mine),
+                     _bits_lost(group, mine, formats, result.unsupported.get(impl, {})),
+                     " / ".join(str(sum(f.tier == t for f in mine)) for t in TIERS)])  # fmt: skip
+    lines += _table(["implementation", "hard failures on finite inputs", "non-finite inputs",
+                     "bits lost", "findings"], rows)  # fmt: skip
+    reasons = [f"{name} in {fmt}: {why}" for name, found_ in result.unsupported.items()
+               for fmt, why in found_.items() if why]  # fmt: skip
     if reasons:
         lines += ["", "Unsupported, as the library said when called:", ""]
         lines += [f"- {reason}" for reason in reasons]
     if result.unavailable:
-        lines += [
-            "",
-            "Not installed, so not audited: "
-            + "; ".join(f"{k} ({v})" for k, v in result.unavailable.items())
-            + ".",
-        ]
-    lines += ["", "## Findings", ""]
-    lines += [_finding(impl, group, result) for impl, group in
-              frame.groupby("implementation", sort=False)]  # fmt: skip
-    lines += ["", "## Hard failures and losses of accuracy", "",
-              "Hard failures (nan, overflow, clipped, error, timeout) break training; losses "
-              "of accuracy (inaccurate, underflow) cost bits.", ""]  # fmt: skip
-    rows = []
-    for impl, group in frame.groupby("implementation", sort=False):
-        statuses = group["status"]
-        rows.append([
-            impl, len(group), int(statuses.isin(HARD_FAILURES).sum()),
-            int(statuses.isin(ACCURACY_LOSSES).sum()), int((statuses == "ok").sum()),
-            _kinds(statuses),
-        ])  # fmt: skip
-    lines += _table(["implementation", "measurements", "hard failures", "accuracy losses",
-                     "ok", "by status"], rows)  # fmt: skip
-    lines += ["", "## Per implementation, loss and format", "",
-              f"Bits of error histogram bins: {' | '.join(_bin_labels())}.", ""]  # fmt: skip
+        lines += ["", "Not installed, so not audited: "
+                  + "; ".join(f"{k} ({v})" for k, v in result.unavailable.items()) + "."]
+    lines += ["", "## Findings by implementation", "",
+              "Worst first: hard failures on finite inputs, then non-finite inputs, then "
+              "accuracy; undocumented before documented. Each links to its entry in "
+              "`findings.md` (worst case, onset, smallest case, repro).", ""]  # fmt: skip
+    for impl, _ in frame.groupby("implementation", sort=False):
+        mine = by_impl.get(impl, [])
+        lines += [f"### {impl}", ""]
+        if not mine:
+            lines += ["Every measurement is ok.", ""]
+            continue
+        lines += [_line(f) for f in mine[:FINDINGS_PER_IMPLEMENTATION]]
+        if len(mine) > FINDINGS_PER_IMPLEMENTATION:
+            lines += [f"- ... and {len(mine) - FINDINGS_PER_IMPLEMENTATION} more in "
+                      f"[findings.md](findings.md#{_anchor(impl)})"]  # fmt: skip
+        lines += [""]
+    return "\n".join(lines)
+
+
+def _anchor(text: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation other than - and _ dropped."""
+    return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
+def _hard(found: list[Finding]) -> str:
+    """The hard failures on finite inputs: each failure with its formats."""
+    by_failure: dict[str, set[str]] = {}
+    documented: set[str] = set()
+    for f in found:
+        if f.tier == 1:
+            by_failure.setdefault(f.failure, set()).update(f.formats)
+            if f.documented:
+                documented.add(f.failure)
+    parts = []
+    for kind in sorted(by_failure, key=lambda s: -SEVERITY.get(s, 1)):
+        formats = ", ".join(x for x in format_names() if x in by_failure[kind])
+        mark = " (documented)" if kind in documented else ""
+        parts.append(f"**{kind}**{mark} in {formats}")
+    return "; ".join(parts) or "none"
+
+
+def _non_finite(found: list[Finding]) -> str:
+    failures = {f.failure for f in found if f.tier == 2}
+    return ", ".join(sorted(failures, key=lambda s: -SEVERITY.get(s, 1))) or "as the oracle"
+
+
+def _bits_lost(group: Any, found: list[Finding], formats: list[str], unsupported: Any) -> str:
+    """Per format, the most bits of error on finite inputs (rows of tier-2 findings apart)."""
+    non_finite = {f.id for f in found if f.tier == 2}
+    kept = group[~group["finding"].isin(non_finite)] if non_finite else group
+    cells = []
+    for fmt in formats:
+        if fmt in unsupported:
+            cells.append("unsupported")
+            continue
+        part = kept[kept["format"] == fmt]["bits"].dropna()
+        if part.empty:
+            cells.append("-")
+            continue
+        finite = part[part.map(math.isfinite)]
+        top = finite.max() if not finite.empty else math.nan
+        cells.append(f"{math.ceil(top)}" if math.isfinite(top) else "-")
+    return " / ".join(cells)
+
+
+def _line(f: Finding) -> str:
+    """One line of summary.md: ID, failure, where, how often, onset."""
+    formats = ", ".join(x for x in format_names() if x in f.formats)
+    what = f"{f.quantity} of {f.loss}"
+    text = f"- [{f.id}](findings.md#{f.id.lower()}) **{f.failure}** {what}"
+    if f.kind == POINT:
+        text += f" with {f.feature}"
+    elif f.detail:
+        text += f": {f.detail}"
+    text += f" ({formats or 'float formats'}; {_plural(len(f.rows), 'measurement')})"
+    if f.onset:
+        text += f"; onset {f.onset_text()}"
+    if f.documented:
+        text += "; documented"
+    return text
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- findings -------------------------------------------------------------------------------
+
+
+def findings_table(found: list[Finding], limit: int = 30) -> str:
+    """The worst ``limit`` findings as one markdown table (for ``$GITHUB_STEP_SUMMARY``)."""
+    if not found:
+        return "No findings: every measurement is ok.\n"
+    rows = [[f.id, f.implementation, f.failure, f"{f.quantity} of {f.loss}",
+             f.feature if f.kind == POINT else f.detail,
+             ", ".join(x for x in format_names() if x in f.formats), len(f.rows),
+             f.onset_text() or "-"] for f in found[:limit]]  # fmt: skip
+    lines = _table(["finding", "implementation", "failure", "what", "trigger", "formats",
+                    "measurements", "onset"], rows)  # fmt: skip
+    if len(found) > limit:
+        lines += ["", f"... and {len(found) - limit} more."]
+    return "\n".join([f"### Findings ({len(found)})", "", *lines, ""])
+
+
+def findings_markdown(
+    found: list[Finding], rows: list[dict[str, Any]], cases: dict[str, Case]
+) -> str:
+    """Every finding, per implementation, worst first: what, where, the worst measurement,
+    the onset, the smallest failing case and a repro in the library's own terms."""
+    lines = ["# Findings", "",
+             "Each finding is one implementation's failure of one kind on one quantity of one "
+             "loss, under one input feature, with an ID that stays the same from run to run. "
+             "Replay a case with its `stabcheck oracle` line or `Case.from_json(...)`; large "
+             "cases are in `cases.jsonl.gz` (`stabcheck.report.load_case`).", ""]  # fmt: skip
+    if not found:
+        return "\n".join([*lines, "No findings: every measurement is ok.", ""])
+    by_impl: dict[str, list[Finding]] = {}
+    for f in found:
+        by_impl.setdefault(f.implementation, []).append(f)
+    for impl, mine in by_impl.items():
+        lines += [f"## {impl}", ""]
+        for f in mine:
+            lines += _entry(f, rows, cases)
+    return "\n".join(lines)
+
+
+def _entry(f: Finding, rows: list[dict[str, Any]], cases: dict[str, Case]) -> list[str]:
+    formats = ", ".join(x for x in format_names() if x in f.formats)
+    lines = [f"### {f.id}", "",
+             f"**{f.failure}** in the {f.quantity} of {f.loss}"
+             + (f", with {f.feature}" if f.kind == POINT else f": {f.detail}") + ". "
+             f"{TIERS[f.tier].capitalize()}; {_plural(len(f.rows), 'measurement')} in "
+             f"{_plural(len(f.cases), 'case')}"
+             + (f"; {formats}; regimes {', '.join(sorted(f.regimes))}" if f.rows else "") + "."]
+    if f.documented:
+        lines[-1] += f" Documented: {f.documented}."
+    lines += [""]
+    if f.worst[1] >= 0:
+        lines += [_worst(rows[f.worst[1]]), ""]
+    for fmt, o in f.onset.items():
+        lines += [f"Onset in {fmt}: from {o['parameter']} {o['from']:.6g} ({o['status_before']}"
+                  f" at {o['ok_at']:.6g}). Showing it: `{o['failing']}`; before: `{o['ok']}`.",
+                  ""]  # fmt: skip
+    case = f.shrunk
+    if case is None and f.worst[1] >= 0:
+        row = rows[f.worst[1]]
+        whole = cases.get(row["case_id"])
+        if whole is not None:
+            case = unit_of(whole, row["quantity"], row["index"])
+    if case is not None:
+        text = case.to_json()
+        label = ("A case that shows it" if f.kind != POINT else
+                 "Smallest failing case" if f.shrunk is not None else "Failing case")  # fmt: skip
+        if len(text) <= INLINE_CASE_LIMIT:
+            lines += [f"{label}:", "", "```", case.cli(), "```", "", "```python",
+                      f"Case.from_json({text!r})", "```", ""]  # fmt: skip
+        else:
+            row = rows[f.worst[1]]
+            lines += [f"{label}: {case.predictions.shape} inputs, `load_case('cases.jsonl.gz', "
+                      f"{row['case_id']!r})`, output {row['index'] or '(all)'}.", ""]  # fmt: skip
+    if f.repro:
+        lines += ["In the library's own terms:", "", "```python", f.repro, "```", ""]
+    return lines
+
+
+def _worst(row: dict[str, Any]) -> str:
+    """The worst measurement in words, values in their format's width."""
+    fmt = row["format"]
+    where = f"output [{row['index']}]" if row["index"] != "" else "the reduced output"
+    if row["status"] in ("error", "timeout"):
+        return f"Worst: {row['status']} in {fmt}, case `{row['case_id']}`: {row['note']}"
+    got, expected = row["got"], row["expected"]
+    text = (f"Worst: {where} of case `{row['case_id']}` ({fmt}, regime {row['regime']}) returned "
+            f"{format_value(got, fmt)} (`{format_hex(got, fmt)}`); correctly rounded "
+            f"{format_value(expected, fmt)} (`{format_hex(expected, fmt)}`), exact "
+            f"{row['exact']}")  # fmt: skip
+    if failure(row) == NOT_A_NUMBER:
+        return text + ": a number where the exact value is NaN."
+    ulps = row["ulps"]
+    if not math.isfinite(ulps):
+        return text + "."
+    text += f": {_num(ulps)} ULPs"
+    near_zero = got == 0 or expected == 0 or abs(expected) < get_format(fmt).tiny
+    if near_zero and math.isfinite(got) and math.isfinite(expected):
+        text += (f" (absolute error {abs(got - expected):.3g}, relative error "
+                 f"{row['relative_error']:.3g}: ULPs are many near zero)")  # fmt: skip
+    return text + f", condition number {row['condition']:.3g}."
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def tables_markdown(frame: Any) -> str:
+    """Per implementation, loss, format and quantity: the count of each status, the median
+    and maximum ULPs, and a histogram of the bits of error."""
+    lines = ["# Tables", "", f"Bits of error histogram bins: {' | '.join(_bin_labels())}.", ""]
+    if frame.empty:
+        return "\n".join([*lines, "No measurements.", ""])
     detail = []
     keys = ["implementation", "loss", "format", "quantity"]
     for (impl, loss, fmt, quantity), group in frame.groupby(keys, sort=False):
@@ -270,55 +495,6 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
         ])  # fmt: skip
     lines += _table([*keys, "n", *STATUSES, "median ULPs", "max ULPs", "bits"], detail)
     return "\n".join([*lines, ""])
-
-
-def _glance(group: Any, unsupported: Any, fmt: str, impl: Any, max_ulps: float) -> str:
-    """Worst status and the largest ULPs among the rows that have it; for ok, also how
-    far the condition number stretched the tolerance."""
-    if fmt in unsupported:
-        return "unsupported"
-    if group.empty:
-        return "-"
-    status = max(group["status"], key=SEVERITY.__getitem__)
-    rows = group[group["status"] == status]
-    finite = [u for u in rows["ulps"].dropna() if math.isfinite(u)]
-    text = status + (" (documented)" if impl is not None and status in impl.documented else "")
-    if not finite:
-        return text
-    if status != "ok":
-        return f"{text}, {_num(max(finite))} ULPs"
-    plain = [u for u in finite if u <= max_ulps]
-    stretched = [u for u in finite if u > max_ulps]
-    text = f"ok, {_num(max(plain, default=0))} ULPs"
-    if stretched:
-        text += f" ({len(stretched)} ill-conditioned up to {_num(max(stretched))})"
-    return text
-
-
-def _finding(name: str, group: Any, result: AuditResult) -> str:
-    """One line on what an implementation got wrong, where, and how badly."""
-    impl = result.implementations.get(name)
-    finite = [u for u in group["ulps"].dropna() if math.isfinite(u)]
-    largest = f"{_num(max(finite))} ULPs" if finite else "no finite error"
-    bad = group[group["status"] != "ok"]
-    if bad.empty:
-        return f"- **{name}**: every one of {len(group)} measurements ok (largest {largest})."
-    parts = []
-    for status in sorted(set(bad["status"]), key=SEVERITY.__getitem__, reverse=True):
-        rows = bad[bad["status"] == status]
-        where = ", ".join(dict.fromkeys(rows["regime"]))
-        formats = ", ".join(f for f in format_names() if f in set(rows["format"]))
-        quantities = " and ".join(dict.fromkeys(rows["quantity"]))
-        text = f"{status} {len(rows)}x ({quantities}; {formats}; {where})"
-        if impl is not None and status in impl.documented:
-            text += f" - documented: {impl.documented[status]}"
-        parts.append(text)
-    return f"- **{name}**: " + "; ".join(parts) + f". Largest error {largest}."
-
-
-def _kinds(statuses: Any) -> str:
-    counts = statuses.value_counts()
-    return ", ".join(f"{s} {int(counts[s])}" for s in STATUSES if s in counts and s != "ok")
 
 
 def _bin_labels() -> list[str]:
@@ -350,137 +526,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-# -- worst cases --------------------------------------------------------------------------
-
-
-def worst_markdown(frame: Any, cases: dict[str, Case]) -> str:
-    """The worst measurements of each implementation, with pasteable reproductions."""
-    lines = ["# Worst cases", "",
-             "The most serious measurements of each implementation (hard failures first, "
-             "then the most ULPs), one per case. Replay one with the `stabcheck oracle` "
-             "line, or in Python with `Case.from_json(...)`; large cases are in "
-             "`cases.jsonl.gz` (`stabcheck.report.load_case`).", ""]  # fmt: skip
-    if frame.empty:
-        return "\n".join([*lines, "No measurements.", ""])
-    ranked = frame.assign(
-        _severity=frame["status"].map(SEVERITY), _ulps=frame["ulps"].fillna(math.inf)
-    ).sort_values(["_severity", "_ulps"], ascending=False, kind="stable")
-    for impl, group in ranked.groupby("implementation", sort=False):
-        bad = group[group["status"] != "ok"].drop_duplicates("case_id")
-        lines += [f"## {impl}", ""]
-        if bad.empty:
-            lines += ["Every measurement is ok.", ""]
-            continue
-        for _, row in bad.head(WORST_PER_IMPLEMENTATION).iterrows():
-            lines += _worst_entry(row, cases.get(row["case_id"]))
-    return "\n".join(lines)
-
-
-def _worst_entry(row: Any, case: Case | None) -> list[str]:
-    where = f"[{row['index']}]" if row["index"] != "" else ""
-    lines = [
-        f"### {row['status']}: {row['loss']} {row['quantity']}{where}, {row['format']}, "
-        f"regime {row['regime']}",
-        "",
-    ]
-    lines += [f"Case `{row['case_id']}`, output `{row['index']}`.", ""]
-    if row["status"] in ("error", "timeout"):
-        lines += [f"{row['note']}", ""]
-    else:
-        lines += [
-            f"exact {row['exact']}, correctly rounded {_hex(row['expected'])}, returned "
-            f"{_hex(row['got'])}: {_num(row['ulps'])} ULPs, condition number "
-            f"{row['condition']:.3g}." + (f" Note: {row['note']}." if row["note"] else ""),
-            "",
-        ]
-    if case is not None:
-        if row["index"] != "":
-            case = case.unit(tuple(int(i) for i in str(row["index"]).split(",")))
-        text = case.to_json()
-        if len(text) <= INLINE_CASE_LIMIT:
-            lines += ["```", case.cli(), "```", "", "```python", f"Case.from_json({text!r})",
-                      "```", ""]  # fmt: skip
-        else:
-            lines += ["```python", f"load_case('cases.jsonl.gz', {row['case_id']!r})  # "
-                      f"{case.predictions.shape} inputs, row {row['index']}", "```",
-                      ""]  # fmt: skip
-    return lines
-
-
-def _hex(x: float) -> str:
-    return f"{x!r} ({float(x).hex()})" if math.isfinite(x) else repr(x)
-
-
 def write_cases(f: Any, cases: dict[str, Case]) -> None:
     """Write ``cases`` to the binary file ``f`` as gzipped ``{"id", "case"}`` JSON lines."""
     with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:  # mtime 0: same bytes each run
         for cid, case in cases.items():
             line = json.dumps({"id": cid, "case": case.to_dict()}, separators=(",", ":"))
             z.write(line.encode() + b"\n")
-
-
-# -- plots --------------------------------------------------------------------------------
-
-
-def plots(frame: Any, unsupported: Any = None) -> dict[str, Writer]:
-    """One PNG per implementation, ``plots/NAME.png``: the worst status (colour) and the
-    largest bits of error (number) for each regime and format, values and gradients side
-    by side; a format in ``unsupported`` (name -> formats) is marked so. None without
-    matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
-    except ImportError:
-        return {}
-    if frame.empty:
-        return {}
-    colours = ["#4caf50", "#ffc107", "#ff9800", "#e53935", "#8e24aa", "#b71c1c", "#424242",
-               "#757575"]  # fmt: skip
-    cmap = ListedColormap(colours)
-    unsupported = unsupported or {}
-    shown = set(frame["format"]) | {f for found in unsupported.values() for f in found}
-    formats = [f for f in format_names() if f in shown]
-    written: dict[str, Writer] = {}
-    for impl, group in frame.groupby("implementation", sort=False):
-        quantities = list(dict.fromkeys(group["quantity"]))
-        regimes = list(dict.fromkeys(group["regime"]))
-        fig, axes = plt.subplots(1, len(quantities), squeeze=False,
-                                 figsize=(3.4 + 1.6 * len(formats) * len(quantities),
-                                          1.2 + 0.45 * len(regimes)))  # fmt: skip
-        for ax, quantity in zip(axes[0], quantities):
-            part = group[group["quantity"] == quantity]
-            grid = [[float("nan")] * len(formats) for _ in regimes]
-            for (regime, fmt), cell in part.groupby(["regime", "format"]):
-                status = max(cell["status"], key=SEVERITY.__getitem__)
-                grid[regimes.index(regime)][formats.index(fmt)] = SEVERITY[status]
-                finite = [b for b in cell["bits"].dropna() if math.isfinite(b)]
-                label = f"{max(finite):.0f}" if finite else status
-                ax.text(formats.index(fmt), regimes.index(regime), label, ha="center",
-                        va="center", fontsize=8)  # fmt: skip
-            for fmt in unsupported.get(impl, {}):
-                if fmt in formats:
-                    ax.text(formats.index(fmt), (len(regimes) - 1) / 2, "unsupported",
-                            ha="center", va="center", fontsize=8, color="#757575",
-                            rotation=90 if len(regimes) > 2 else 0)  # fmt: skip
-            ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(colours) - 0.5, aspect="auto")
-            ax.set_xticks(range(len(formats)), formats, fontsize=8)
-            ax.set_yticks(range(len(regimes)), regimes, fontsize=8)
-            ax.set_title(f"{impl}: {quantity}", fontsize=9)
-        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours]
-        fig.legend(handles, list(SEVERITY), loc="center right", fontsize=7, frameon=False,
-                   title="worst status", title_fontsize=7)  # fmt: skip
-        fig.suptitle("numbers: largest bits of error, log2(1 + ULPs)", fontsize=7, y=0.02)
-        fig.tight_layout(rect=(0, 0.04, 0.84, 1))
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=110)
-        plt.close(fig)
-        name = f"plots/{impl.replace(':', '_').replace('/', '_')}.png"
-        written[name] = (functools.partial(_write_bytes, png.getvalue()), True)
-    return written
-
-
-def _write_bytes(data: bytes, f: Any) -> None:
-    f.write(data)

@@ -11,6 +11,7 @@ import pytest
 from stabcheck.audit import COLUMNS, AuditConfig, run_audit
 from stabcheck.case import Case
 from stabcheck.cli import main
+from stabcheck.findings import FINDING_COLUMNS
 from stabcheck.oracle import evaluate
 from stabcheck.report import histogram, load_case, load_measurements, write_report
 
@@ -30,8 +31,10 @@ def test_every_report_file_is_written(audited, tmp_path):
     config, result = audited
     paths = write_report(result, config, tmp_path)
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
-    assert {"measurements.csv", "cases.jsonl.gz", "summary.md", "worst.md", "run.json",
-            "plots/naive.png", "plots/accurate.png"} <= names  # fmt: skip
+    plots = {f"plots/{impl}__{loss}.png" for impl in ("naive", "accurate")
+             for loss in config.losses}  # fmt: skip
+    assert {"measurements.csv", "findings.csv", "cases.jsonl.gz", "summary.md", "findings.md",
+            "tables.md", "run.json", *plots} <= names  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     frame = load_measurements(tmp_path / "measurements.csv")
     assert list(frame.columns) == list(COLUMNS) and len(frame) == len(result.rows)
@@ -40,44 +43,71 @@ def test_every_report_file_is_written(audited, tmp_path):
     assert "nan" in set(frame["status"])  # naive's NaNs, not read as missing values
     assert frame["ulps"].equals(written["ulps"].astype(float))
     assert frame["note"].tolist() == written["note"].fillna("").tolist()
-    assert (tmp_path / "plots" / "naive.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / plots.pop()).read_bytes()[:4] == b"\x89PNG"
+    # every measurement that is not ok belongs to one finding of findings.csv, ok ones to none
+    findings = pd.read_csv(tmp_path / "findings.csv", keep_default_na=False)
+    assert list(findings.columns) == list(FINDING_COLUMNS)
+    bad = frame["status"] != "ok"
+    assert (frame.loc[bad, "finding"] != "").all() and (frame.loc[~bad, "finding"] == "").all()
+    assert set(frame.loc[bad, "finding"]) <= set(findings["id"])
+    counts = frame.loc[bad, "finding"].value_counts()
+    for _, f in findings[findings["kind"] == "point"].iterrows():
+        assert counts[f["id"]] == f["measurements"]
+        assert set(frame.loc[frame["finding"] == f["id"], "implementation"]) == {
+            f["implementation"]}
 
 
-def test_summary_keeps_hard_failures_apart_and_names_the_seed(audited, tmp_path):
+def test_summary_separates_hard_failures_and_links_each_finding(audited, tmp_path):
     config, result = audited
     write_report(result, config, tmp_path)
     summary = (tmp_path / "summary.md").read_text()
-    assert "Seed 3;" in summary and "## Hard failures and losses of accuracy" in summary
+    assert "Seed 3;" in summary and "## At a glance" in summary
     frame = result.frame()
     naive = frame[frame["implementation"] == "naive"]
-    hard = int(naive["status"].isin(["nan", "overflow", "clipped", "error", "timeout"]).sum())
-    section = summary.split("## Hard failures and losses of accuracy")[1]
-    row = next(line for line in section.splitlines() if line.startswith("| naive | "))
-    assert f"| {len(naive)} | {hard} |" in row
+    row = next(line for line in summary.splitlines() if line.startswith("| [naive]"))
+    # naive returns NaN on finite logits (exp overflows): a hard failure on finite inputs
+    finite = np.array([np.isfinite(result.cases[c].predictions.astype(float)).all()
+                       for c in naive["case_id"]])  # fmt: skip
+    assert ((naive["status"] == "nan") & finite).any() and "**nan** in" in row.split("|")[2]
+    findings = (tmp_path / "findings.md").read_text()
+    links = [x for x in summary.splitlines() if x.startswith("- [F")]
+    assert links
+    for line in links:
+        fid = line[3:12]
+        assert f"(findings.md#{fid.lower()})" in line and f"### {fid}" in findings
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["seed"] == 3 and run["measurements"] == len(frame) and not run["interrupted"]
+    assert set(run["phases_seconds"]) == {"measure", "findings"}
 
 
-def test_worst_cases_replay_exactly(audited, tmp_path):
+def test_findings_cases_replay_the_failure(audited, tmp_path):
+    """Each smallest failing case of findings.md, run again through the implementation and
+    the oracle, still shows its finding's failure."""
+    from stabcheck.findings import failure
+    from stabcheck.implementations import implementations
+    from stabcheck.measure import measure, measure_worst
+    from stabcheck.runner import invoke
+
     config, result = audited
     write_report(result, config, tmp_path)
-    lines = (tmp_path / "worst.md").read_text().splitlines()
-    frame = result.frame()
+    text = (tmp_path / "findings.md").read_text()
     replayed = 0
-    for i, line in enumerate(lines):
-        if not line.startswith("Case `"):
+    for block in text.split("\n### ")[1:]:
+        if "Smallest failing case" not in block:
             continue
-        case_id, index = line.split("`")[1], line.split("`")[3]
-        snippet = next(x for x in lines[i:] if x.startswith("Case.from_json("))
-        unit = Case.from_json(eval(snippet[len("Case.from_json(") : -1]))
-        # the reproduction is the failing row or element of the measured case...
-        parent = result.cases[case_id]
-        assert unit.to_json() == parent.unit(tuple(map(int, index.split(",")))).to_json()
-        # ...and the oracle gives it the very value recorded for that output
-        value_index = index.split(",")[0] if parent.loss.rowwise else index
-        recorded = frame[(frame["case_id"] == case_id) & (frame["index"] == value_index)
-                         & (frame["quantity"] == "value")]  # fmt: skip
-        assert evaluate(unit).value.ravel()[0] == recorded["expected"].iloc[0]
+        fid = block.split("\n")[0]
+        head = block.split("\n")[2]
+        snippet = next(x for x in block.splitlines() if x.startswith("Case.from_json("))
+        case = Case.from_json(eval(snippet[len("Case.from_json(") : -1]))
+        found = next(f for f in result.findings if f.id == fid)
+        impl = implementations(names=found.implementation, losses=case.loss.name)[0]
+        grad = found.quantity == "gradient"
+        outcome = invoke(impl, case, grad)
+        exact = evaluate(case, grad=grad)
+        measured = (measure_worst(exact, outcome.gradient, gradient=True, per_row=True)
+                    if grad else measure(exact, outcome.values))  # fmt: skip
+        rows = [{"status": m.status, "exact": m.exact} for m in measured]
+        assert any(failure(r) == found.failure for r in rows), (fid, head)
         replayed += 1
     assert replayed >= 5
 
@@ -156,6 +186,6 @@ def test_a_report_replaces_the_previous_one_whole(audited, tmp_path):
                        formats=["float32"], regimes=["moderate"], examples=1, search=0)
     write_report(run_audit(only), only, tmp_path)
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert plots == ["accurate.png"]  # naive's plot went with the report it belonged to
+    assert plots == ["accurate__binary_crossentropy.png"]  # naive's went with its report
     assert not (tmp_path / "measurements.partial.csv").exists()
     assert set(load_measurements(tmp_path / "measurements.csv")["implementation"]) == {"accurate"}

@@ -123,7 +123,7 @@ def test_a_stopped_audit_leaves_one_run_s_report_and_no_process(env, tmp_path, s
                                                                 jobs):  # fmt: skip
     out = tmp_path / "report"
     before = earlier_report(out)
-    assert "plots/stable.png" in before
+    assert "plots/stable__binary_crossentropy.png" in before
     process = stabcheck(["audit", "--impl", "hang_losses:hangs_later", "--impl", "accurate",
                          *SELECTION, "--jobs", str(jobs), "--out", str(out)], env)  # fmt: skip
     status = stop(process, tmp_path / "hanging", signum, group)
@@ -140,7 +140,7 @@ def test_a_stopped_audit_leaves_one_run_s_report_and_no_process(env, tmp_path, s
     frame = load_measurements(out / "measurements.csv")
     assert set(frame["implementation"]) <= {"hang_losses:hangs_later", "accurate"}
     assert set(frame["regime"]) <= {"moderate"}  # the task that hung is left out whole
-    assert "plots/stable.png" not in files  # the earlier run's plot went with its report
+    assert "plots/stable__binary_crossentropy.png" not in files  # went with its report
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

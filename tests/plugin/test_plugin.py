@@ -310,7 +310,8 @@ def test_the_session_report(files, run):
     report = files.path / "out" / "report"
     result.stdout.fnmatch_lines([f"stabcheck: 2 checks, 1 failed; report in {report}"])
     names = {p.name for p in report.iterdir()}
-    assert names == {"measurements.csv", "summary.md", "worst.md", "cases.jsonl.gz", "run.json"}
+    assert names == {"measurements.csv", "findings.csv", "summary.md", "findings.md", "tables.md",
+                     "cases.jsonl.gz", "run.json"}  # fmt: skip
     with open(report / "measurements.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["test"] for r in rows} == {"test_the_session_report.py::test_good",
@@ -319,9 +320,11 @@ def test_the_session_report(files, run):
     assert any(r["origin"] == "shrunk" or r["status"] != "ok" for r in rows)
     summary = (report / "summary.md").read_text()
     assert "# stabcheck session" in summary and "**failed**" in summary
-    assert "naive_sparse_softmax" in summary and "## Hard failures" in summary
-    worst = (report / "worst.md").read_text()
-    assert "stabcheck oracle " + LOSS in worst
+    assert "naive_sparse_softmax" in summary and "## At a glance" in summary
+    findings = (report / "findings.md").read_text()
+    assert "stabcheck oracle " + LOSS in findings
+    assert {r["finding"] for r in rows if r["status"] != "ok"} <= set(
+        line[4:] for line in findings.splitlines() if line.startswith("### F"))
     run_info = json.loads((report / "run.json").read_text())
     assert [c["passed"] for c in run_info["checks"]] == [True, False]
     assert not list(report.glob(".*"))  # no temporary files left behind
