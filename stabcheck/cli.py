@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_json,
         metavar="JSON",
         help="instead of LOSS, --predictions and --labels: a whole case as Case.to_json "
-        "writes it (worst.md, a failing check); @FILE reads a file, - stdin",
+        "writes it (findings.md, a failing check); @FILE reads a file, - stdin",
     )
     for operand in OPERANDS:  # the linear losses' W and b, each --name
         oracle.add_argument(
@@ -146,8 +146,10 @@ def _parser() -> argparse.ArgumentParser:
         "audit",
         help="measure implementations against the oracle and write a report",
         description="Run implementations x losses x formats x regimes on the same seeded "
-        "cases, measure values (and gradients) against the oracle, and write "
-        "measurements.csv, summary.md, worst.md, cases.jsonl.gz, run.json and plots to --out.",
+        "cases, measure values (and gradients) against the oracle, group the failures into "
+        "findings (onsets, smallest cases, repros), and write summary.md, findings.md, "
+        "findings.csv, measurements.csv, tables.md, cases.jsonl.gz, run.json and plots to "
+        "--out.",
         epilog=EPILOG,
     )
     _selection(audit, gate=False)
@@ -182,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         type=_case,
         metavar="JSON",
-        help="add a case (as worst.md or a failing check prints it) to the corpus; repeatable",
+        help="add a case (as findings.md or a failing check prints it) to the corpus; repeatable",
     )
     gate.add_argument(
         "--save-failures",

@@ -41,6 +41,7 @@ NOT_A_NUMBER = "number where the exact value is NaN"
 TIERS = {1: "hard failure on finite inputs", 2: "non-finite inputs", 3: "accuracy"}
 POINT, CLAMP, NOT_MONOTONE, ORDER = "point", "clamp", "not monotone", "order"
 ORDINARY = "ordinary inputs"
+CLAMP_FEATURE = "inputs whose exact loss is beyond the constant"
 CLAMP_UNITS = 3  # distinct inputs that must give the same wrong output to call it a clamp
 FINDING_COLUMNS = (
     "id", "implementation", "library", "loss", "quantity", "kind", "failure", "feature",
@@ -348,7 +349,7 @@ def group(
             continue
         impl = row["implementation"]
         if position in clamped:
-            key = (impl, row["loss"], row["quantity"], CLAMP, _clamp_feature(row))
+            key = (impl, row["loss"], row["quantity"], CLAMP, CLAMP_FEATURE)
         else:
             case = cases.get(row["case_id"])
             unit_key = (row["case_id"], row["quantity"].startswith("gradient["), row["index"])
@@ -368,44 +369,38 @@ def group(
     return sorted((f for f in found.values() if f.rows), key=lambda f: f.rank)
 
 
-def _clamp_feature(row: Mapping[str, Any]) -> str:
-    side = "gradient" if row["quantity"].startswith("gradient") else "loss"
-    return f"the {side} stops at a constant"
-
-
 def clamps(rows: list[Mapping[str, Any]]) -> list[Finding]:
-    """Clamps: per implementation, loss, quantity and format, a finite output that at least
-    ``CLAMP_UNITS`` inputs with different exact values return (or two, where the exact value
-    is infinite), each wrongly. The finding's rows are those positions; its ``detail`` names
-    each constant, per format, and the epsilon it implies (``-log(eps)`` for a loss)."""
+    """Clamps: per implementation, loss and format, a loss of at least 1 that at least
+    ``CLAMP_UNITS`` inputs return (two, where the exact loss is infinite), each below an
+    exact loss that differs from input to input by a factor of 2 or more: the loss stops
+    growing at a constant. The finding's rows are those positions; its ``detail`` names each
+    constant, per format, and the epsilon it implies, ``-log(eps)``."""
     seen: dict[tuple[str, ...], dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
     for position, row in enumerate(rows):
-        if row["status"] not in ("clipped", INACCURATE, "underflow"):
+        got, expected = row.get("got"), row.get("expected")
+        if (row["quantity"] != "value" or row["status"] not in ("clipped", INACCURATE)
+                or got is None or not 1 <= got < math.inf or not expected > got):  # fmt: skip
             continue
-        got = row.get("got")
-        if got is None or not math.isfinite(got) or got == 0:
-            continue
-        key = (row["implementation"], row["loss"], row["quantity"], row["format"])
-        seen[key][float(got)].append(position)
+        seen[(row["implementation"], row["loss"], row["format"])][float(got)].append(position)
     found: dict[tuple[str, ...], Finding] = {}
     constants: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for (impl, loss, quantity, fmt), by_value in seen.items():
+    for (impl, loss, fmt), by_value in seen.items():
         for value, positions in by_value.items():
-            exacts = {str(rows[p].get("exact")) for p in positions}
-            infinite = any(rows[p]["status"] == "clipped" for p in positions)
-            if len(exacts) < (2 if infinite else CLAMP_UNITS):
+            exact = [rows[p]["expected"] for p in positions]
+            infinite = any(math.isinf(e) for e in exact)
+            if len(set(exact)) < (2 if infinite else CLAMP_UNITS) or (
+                not infinite and max(exact) < 2 * min(exact)
+            ):
                 continue
             row = rows[positions[0]]
-            feature = _clamp_feature(row)
-            key = (impl, loss, quantity, CLAMP, feature)
+            key = (impl, loss, "value", CLAMP, CLAMP_FEATURE)
             if key not in found:
-                found[key] = Finding(impl, row["library"], loss, quantity, CLAMP, CLAMP,
-                                     feature)  # fmt: skip
+                found[key] = Finding(impl, row["library"], loss, "value", CLAMP, CLAMP,
+                                     CLAMP_FEATURE)  # fmt: skip
             found[key].rows.extend(positions)
-            constants[key].append(f"{format_value(value, fmt)} in {fmt}"
-                                  + _implied(value, quantity, fmt))  # fmt: skip
+            constants[key].append(f"{format_value(value, fmt)} in {fmt}" + _implied(value, fmt))
     for key, finding in found.items():
-        finding.detail = "; ".join(sorted(constants[key], key=_by_format))
+        finding.detail = "the loss stops at " + "; ".join(sorted(constants[key], key=_by_format))
     return list(found.values())
 
 
@@ -414,12 +409,10 @@ def _by_format(text: str) -> int:
     return next((i for i, f in enumerate(names) if f" in {f}" in text), len(names))
 
 
-def _implied(value: float, quantity: str, fmt: str) -> str:
+def _implied(value: float, fmt: str) -> str:
     """For a loss clamp c: the epsilon it implies, exp(-c), named by a round number whose
     -log is c within two of the format's ULPs where there is one (1e-7, 2**-23, ...); an
     integer c of 10 or more reads as log clamped at -c."""
-    if quantity != "value" or value <= 0:
-        return ""
     if value == int(value) and value >= 10:
         return f" (log clamped at -{value:g})"
     from stabcheck.formats import get_format

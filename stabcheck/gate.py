@@ -441,7 +441,7 @@ def load_corpus(path: str | Path) -> list[Case]:
     path = Path(path)
     if not path.exists():
         return []
-    fix = "each line holds one case as Case.to_json writes it, e.g. from worst.md"
+    fix = "each line holds one case as Case.to_json writes it, e.g. from findings.md"
     cases = []
     for number, line in enumerate(_read_text(path, "corpus", fix).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -124,7 +124,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         REGIMES_OPTION: "comma-separated regimes (or 'all') for checks that do not say; each "
         "check uses those that apply to its loss",
         REPORT_OPTION: "write the session's measurements into DIR: measurements.csv, "
-        "summary.md, worst.md, cases.jsonl.gz, run.json",
+        "summary.md, findings.md, findings.csv, tables.md, cases.jsonl.gz, run.json",
         BASELINE_OPTION: "fail the session when a check is less accurate than in this "
         "baseline (stabcheck gate's format); checks without a seed use seed 0",
         UPDATE_BASELINE_OPTION: f"write the session's results to the {BASELINE_OPTION} file "

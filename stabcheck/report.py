@@ -43,6 +43,7 @@ from stabcheck.audit import AuditConfig, AuditResult
 from stabcheck.case import Case
 from stabcheck.findings import (
     NOT_A_NUMBER,
+    ORDINARY,
     POINT,
     SWEEP_COLUMNS,
     TIERS,
@@ -261,8 +262,10 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
               "**Hard failures** are nan, overflow, clipped, error or timeout on finite inputs "
               "(a documented one is marked so). **Non-finite inputs** is what the "
               "implementation does with +-inf and NaN inputs, a matter of convention. "
-              "**Bits lost** is the most bits of error, log2(1 + ULPs), on finite inputs, per "
-              f"format ({' / '.join(formats)}; - none measured). **Findings** counts them by "
+              "**Bits lost** is the most bits of error, log2(1 + ULPs), on ordinary inputs "
+              "(none of the features that name findings, options aside; ok results count "
+              "where they are within the tolerance without the condition number), per format "
+              f"({' / '.join(formats)}; - none measured). **Findings** counts them by "
               "tier: hard / non-finite / accuracy.", ""]  # fmt: skip
     by_impl: dict[str, list[Finding]] = {}
     for finding in found:
@@ -271,7 +274,8 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
     for impl, group in frame.groupby("implementation", sort=False):
         mine = by_impl.get(impl, [])
         rows.append([f"[{impl}](#{_anchor(impl)})", _hard(mine), _non_finite(mine),
-                     _bits_lost(group, mine, formats, result.unsupported.get(impl, {})),
+                     _bits_lost(group, mine, formats, result.unsupported.get(impl, {}),
+                                config.max_ulps),
                      " / ".join(str(sum(f.tier == t for f in mine)) for t in TIERS)])  # fmt: skip
     lines += _table(["implementation", "hard failures on finite inputs", "non-finite inputs",
                      "bits lost", "findings"], rows)  # fmt: skip
@@ -328,22 +332,25 @@ def _non_finite(found: list[Finding]) -> str:
     return ", ".join(sorted(failures, key=lambda s: -SEVERITY.get(s, 1))) or "as the oracle"
 
 
-def _bits_lost(group: Any, found: list[Finding], formats: list[str], unsupported: Any) -> str:
-    """Per format, the most bits of error on finite inputs (rows of tier-2 findings apart)."""
-    non_finite = {f.id for f in found if f.tier == 2}
-    kept = group[~group["finding"].isin(non_finite)] if non_finite else group
+def _bits_lost(
+    group: Any, found: list[Finding], formats: list[str], unsupported: Any, max_ulps: float
+) -> str:
+    """Per format, the most bits of error on ordinary inputs: the measurements that are ok
+    within ``max_ulps`` (not only thanks to a large condition number) or belong to a finding
+    whose only feature is an option or none at all (extreme inputs have findings of their
+    own, and near zero ULPs say little)."""
+    extreme = {f.id for f in found if f.feature != ORDINARY
+               and not f.feature.startswith(("with ", "reduction="))}  # fmt: skip
+    stretched = (group["status"] == "ok") & (group["ulps"] > max_ulps)
+    kept = group[~group["finding"].isin(extreme) & ~stretched]
     cells = []
     for fmt in formats:
         if fmt in unsupported:
             cells.append("unsupported")
             continue
         part = kept[kept["format"] == fmt]["bits"].dropna()
-        if part.empty:
-            cells.append("-")
-            continue
         finite = part[part.map(math.isfinite)]
-        top = finite.max() if not finite.empty else math.nan
-        cells.append(f"{math.ceil(top)}" if math.isfinite(top) else "-")
+        cells.append(f"{math.ceil(finite.max())}" if not finite.empty else "-")
     return " / ".join(cells)
 
 
