@@ -3,19 +3,19 @@
 A finding is one implementation's failure of one kind on one quantity of one loss, under
 one input feature: ``(implementation, loss, quantity, failure, feature)``. The failure is
 the measurement's status (``number where the exact value is NaN`` for a finite answer to
-an undefined loss); the feature is the first of ``FEATURES`` that the unit of the failing
-output (its row, element, or the whole case when reduced) has, read from the case's exact
-inputs and the exact result alone, never from the implementation: a ``+inf`` logit under a
-zero label, the true class ahead by more than ``-log(eps)``, more classes than the format's
-largest value, a probability of exactly 0, an ignored row, an option, or nothing at all
-(``ordinary inputs``). Its ID is a hash of that key, so the same problem gets the same ID
-on every run, machine and seed that reaches it.
+an undefined loss); the feature is the first that ``features`` finds in the unit of the
+failing output (its row, element, or the whole case when reduced), read from the case's
+exact inputs and the exact result alone, never from the implementation: a ``+inf`` logit
+under a zero label, a probability of exactly 0, an ignored row, more classes than the
+format's largest value, an exact result below eps, a logit gap above ``log(max)``, an
+option, or nothing at all (``ordinary inputs``). Its ID is a hash of that key, so the same
+problem gets the same ID on every run, machine and seed that reaches it.
 
 Severity comes in tiers: hard failures (nan, overflow, clipped, error, timeout) on finite
 inputs first, then anything on non-finite inputs (a convention-level question), then
 losses of accuracy. Some findings are shapes rather than points (``kind``): a ``clamp``
-(the output stops at one constant over a range of inputs), ``not monotone`` and ``order``
-(found by ``stabcheck.investigate``, which also bisects onsets and shrinks cases).
+(the loss stops at one constant over a range of inputs), ``not monotone`` and ``order``
+(found by ``investigate``, which also bisects onsets, shrinks cases and writes repros).
 """
 
 from __future__ import annotations
@@ -488,6 +488,7 @@ class Investigation:
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     searched: int = 0
     skipped: int = 0  # findings left unsearched when the time budget ran out
+    failed: list[str] = field(default_factory=list)  # "ID: error" where a search broke
     seconds: float = 0.0
 
 
@@ -524,25 +525,39 @@ def investigate(
             out.skipped += 1
             continue
         out.searched += 1
-        worst = _worst_units(finding, rows, cases)
-        for fmt, (unit, _) in worst.items():
-            onset = probe.onset(impl, finding, unit, out) if _size(unit) <= SEARCHED_INPUTS else {}
-            if onset:
-                finding.onset[fmt] = onset
-        unit, _ = max(worst.values(), key=lambda ur: score(ur[1]), default=(None, None))
-        if unit is None or _size(unit) > SEARCHED_INPUTS:
-            continue
-        shrunk, seen = probe.shrink(impl, finding, unit)
-        finding.shrunk = shrunk
-        snippet = library_snippet(impl, shrunk, finding.quantity)
-        if snippet and seen:
-            fmt = shrunk.format
-            finding.repro = (f"{snippet}\n# returns {_show(seen['got'], fmt)}; correctly rounded:"
-                             f" {_show(seen['expected'], fmt)} ({fmt.name})")  # fmt: skip
-    out.shapes += _order_dependence(rows, cases, impls, probe)
+        try:
+            _search(finding, impl, rows, cases, probe, out, library_snippet)
+        except Exception as exc:  # a search that breaks loses its finding's extras only
+            out.failed.append(f"{finding.id}: {type(exc).__name__}: {exc}")
+    try:
+        out.shapes += _order_dependence(rows, cases, impls, probe)
+    except Exception as exc:
+        out.failed.append(f"order: {type(exc).__name__}: {exc}")
     out.shapes = list({shape.key: shape for shape in reversed(out.shapes)}.values())[::-1]
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _search(
+    finding: Finding, impl: Any, rows: list[Mapping[str, Any]], cases: Mapping[str, Case],
+    probe: _Probe, out: Investigation, library_snippet: Callable[..., str | None],
+) -> None:  # fmt: skip
+    """One finding's onsets (per format), smallest case and repro."""
+    worst = _worst_units(finding, rows, cases)
+    for fmt, (unit, _) in worst.items():
+        onset = probe.onset(impl, finding, unit, out) if _size(unit) <= SEARCHED_INPUTS else {}
+        if onset:
+            finding.onset[fmt] = onset
+    unit, _ = max(worst.values(), key=lambda ur: score(ur[1]), default=(None, None))
+    if unit is None or _size(unit) > SEARCHED_INPUTS:
+        return
+    shrunk, seen = probe.shrink(impl, finding, unit)
+    finding.shrunk = shrunk
+    snippet = library_snippet(impl, shrunk, finding.quantity)
+    if snippet and seen:
+        fmt = shrunk.format
+        finding.repro = (f"{snippet}\n# returns {_show(seen['got'], fmt)}; correctly rounded:"
+                         f" {_show(seen['expected'], fmt)} ({fmt.name})")  # fmt: skip
 
 
 def _size(unit: Case) -> int:
@@ -584,31 +599,39 @@ class _Probe:
         return time.perf_counter() > self.deadline
 
     def results(self, impl: Any, units: list[Case], quantity: str) -> list[dict[str, Any]] | None:
-        """Each unit's measurement of ``quantity`` (status, exact, expected, got, bits),
-        run as the rows of one case; None where that cannot be done."""
+        """Each unit's measurement of ``quantity`` (status, exact, expected, got, bits): the
+        units (one row or element each) run as the rows of one case, or one unit of any
+        shape alone, measured by its worst output; None where that cannot be done."""
         from stabcheck.errors import PrecisionLimitReached
         from stabcheck.measure import measure, measure_worst
         from stabcheck.oracle import evaluate
 
-        stacked = _stack(units)
-        if stacked is None or self.late():
+        case = units[0] if len(units) == 1 else _stack(units)
+        if case is None or self.late():
             return None
-        grad = quantity == "gradient"
+        grad = quantity.startswith("gradient")
         try:
-            exact = evaluate(stacked, grad=grad)
+            exact = evaluate(case, grad=grad)
         except PrecisionLimitReached:
             return None
-        outcome = self.call(impl, stacked, grad)
-        got = outcome.gradient if grad else outcome.values
+        outcome = self.call(impl, case, grad)
+        towards: bool | str = quantity == "gradient" or quantity[len("gradient[") : -1]
+        if quantity == "value":
+            towards, got = False, outcome.values
+        elif towards is True:
+            got = outcome.gradient
+        else:
+            got = outcome.operands.get(towards)
         if got is None:
             return None
-        if grad:
-            found = measure_worst(exact, got, gradient=True, max_ulps=self.max_ulps,
-                                  per_row=stacked.loss.rowwise)  # fmt: skip
-        else:
+        if towards is False:
             found = measure(exact, got, max_ulps=self.max_ulps)
-        return [{"status": m.status, "exact": m.exact, "expected": m.expected, "got": m.got,
-                 "bits": m.bits} for m in found]  # fmt: skip
+        else:
+            found = measure_worst(exact, got, gradient=towards, max_ulps=self.max_ulps,
+                                  per_row=towards is True and case.loss.rowwise)  # fmt: skip
+        out = [{"status": m.status, "exact": m.exact, "expected": m.expected, "got": m.got,
+                "bits": m.bits} for m in found]  # fmt: skip
+        return [max(out, key=score)] if len(units) == 1 and out else out
 
     def reproduces(
         self, finding: Finding, unit: Case, result: Mapping[str, Any], feature: bool = True
@@ -772,12 +795,12 @@ class Family:
 
 
 def _stack(units: list[Case]) -> Case | None:
-    """The units (one row or element each, same shape) as the rows of one case."""
+    """Units of one row or element each, alike in shape, as the rows of one case."""
     first = units[0]
-    if first.reduced or any(u.predictions.shape != first.predictions.shape for u in units):
+    if any(u.reduced or u.predictions.shape != first.predictions.shape
+           or len(u.predictions) != 1 for u in units):  # fmt: skip
         return None
-    preds = np.concatenate([u.predictions.reshape(1, -1) if first.loss.rowwise
-                            else u.predictions.reshape(-1) for u in units])  # fmt: skip
+    preds = np.concatenate([u.predictions for u in units])
     labels = np.concatenate([np.asarray(u.labels).reshape(
         (1, -1) if first.loss.rowwise and first.loss.labels is not LabelKind.SPARSE else (-1,)
     ) for u in units])  # fmt: skip
@@ -860,7 +883,7 @@ def _simpler(unit: Case) -> list[Case]:
         for c in _simpler_values(v, 0.5 if probabilities else 0.0):
             y = x.copy()
             y[j] = c
-            out.append(replace_inputs(unit, fmt.asarray(y).reshape(shape), unit.labels))
+            out.append(_with_inputs(unit, fmt.asarray(y).reshape(shape), unit.labels))
     if unit.loss.labels is not LabelKind.SPARSE:
         z = np.asarray(unit.labels, dtype=np.float64).reshape(-1)
         for j, v in enumerate(z):
@@ -868,12 +891,12 @@ def _simpler(unit: Case) -> list[Case]:
                 if _complexity(c) < _complexity(v):
                     y = z.copy()
                     y[j] = c
-                    out.append(replace_inputs(unit, unit.predictions,
+                    out.append(_with_inputs(unit, unit.predictions,
                                               fmt.asarray(y).reshape(unit.labels.shape)))
     return out
 
 
-def replace_inputs(unit: Case, predictions: Any, labels: Any) -> Case:
+def _with_inputs(unit: Case, predictions: Any, labels: Any) -> Case:
     return Case(unit.loss, unit.format, predictions, labels, dict(unit.params), unit.regime,
                 unit.operands)  # fmt: skip
 
@@ -933,13 +956,16 @@ def _order_dependence(
         impl = impls.get((name, loss))
         if impl is None or probe.late():
             continue
+        units = [u for u in units if u.predictions.shape == units[0].predictions.shape]
         variants = []
         for u in units:
             n = u.classes
             for perm in (list(range(n))[::-1], [(j + n // 2) % n for j in range(n)]):
                 variants.append((u, _permuted(u, perm)))
-        stacked = [v for pair in variants for v in pair]
-        outcome = probe.call(impl, _stack(stacked), False)
+        stacked = _stack([v for pair in variants for v in pair])
+        if stacked is None:
+            continue
+        outcome = probe.call(impl, stacked, False)
         if outcome.values is None:
             continue
         got = np.asarray(outcome.values, dtype=np.float64).reshape(-1)
@@ -966,4 +992,4 @@ def _permuted(unit: Case, perm: list[int]) -> Case:
         labels = np.asarray([perm.index(k) if 0 <= k < len(perm) else k], dtype=np.int64)
     else:
         labels = np.asarray(labels)[:, perm]
-    return replace_inputs(unit, unit.predictions[:, perm], labels)
+    return _with_inputs(unit, unit.predictions[:, perm], labels)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -175,6 +176,7 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "findings": len(result.findings),
         "findings_searched": result.investigation.searched,
         "findings_not_searched": result.investigation.skipped,
+        "findings_search_failures": result.investigation.failed,
         "cases": len(result.cases),
         "oracle_failures": result.oracle_failures,
         "oracle_units": result.oracle_units,
@@ -200,6 +202,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         **{name: _version(name) for name in VERSIONED},
         "mpmath_backend": mpmath.libmp.BACKEND,
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "chosen by CPU"),
         "oracle_passes": "numba" if compiled else "numpy",
         "platform": platform.platform(),
     }
@@ -257,6 +260,9 @@ def summary_markdown(frame: Any, result: AuditResult, config: AuditConfig) -> st
                       + (f"; {investigation.skipped} were left for lack of time (third-party "
                          "libraries first, worst first)" if investigation.skipped else "")
                       + ".")  # fmt: skip
+    if investigation.failed:
+        lines += ["", f"**{len(investigation.failed)} searches broke** (run.json, "
+                  "`findings_search_failures`): their findings have no onset or shrunk case."]
     formats = [f for f in format_names() if f in set(config.formats or format_names())]
     lines += ["", "## At a glance", "",
               "**Hard failures** are nan, overflow, clipped, error or timeout on finite inputs "

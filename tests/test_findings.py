@@ -55,6 +55,7 @@ def investigated(impl: Implementation, cases: list[Case], budget: float = 60.0):
     impls = {(impl.name, impl.loss): impl}
     extra = investigate(found, rows, {c.id: c for c in cases}, impls,
                         lambda i, c, g: invoke(i, c, g), 4.0, budget)  # fmt: skip
+    assert not extra.failed, extra.failed  # no search broke
     return found, extra
 
 

@@ -78,6 +78,7 @@ def test_summary_separates_hard_failures_and_links_each_finding(audited, tmp_pat
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["seed"] == 3 and run["measurements"] == len(frame) and not run["interrupted"]
     assert set(run["phases_seconds"]) == {"measure", "findings"}
+    assert run["findings_searched"] > 0 and run["findings_search_failures"] == []
 
 
 def test_findings_cases_replay_the_failure(audited, tmp_path):
