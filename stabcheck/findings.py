@@ -280,8 +280,11 @@ def _logit_range(unit: Case) -> list[str]:
     """Whether a logit, or the gap between two of a row's logits, passes log(max) (where
     exp overflows) or -log(eps) (where exp(-x) vanishes beside 1)."""
     x = logits(unit)
-    x = x[np.isfinite(x)] if not unit.loss.rowwise else np.where(np.isfinite(x), x, np.nan)
-    if x.size == 0 or np.isnan(x).all():
+    if unit.loss.rowwise:  # rows with a finite logit, the others NaN
+        x = np.where(np.isfinite(x), x, np.nan)[np.isfinite(x).any(axis=-1)]
+    else:
+        x = x[np.isfinite(x)]
+    if x.size == 0:
         return []
     with np.errstate(all="ignore"):
         reach = np.nanmax(np.abs(x))

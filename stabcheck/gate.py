@@ -330,6 +330,7 @@ def compare(
     tolerance: Tolerance = Tolerance(),
     expected: Iterable[Key] | None = None,
     findings: tuple[Mapping[str, Mapping[str, Any]], Mapping[str, Mapping[str, Any]]] = ({}, {}),
+    searched: bool = True,
 ) -> Comparison:
     """Compare the run's entries with the baseline's. ``expected`` are the baseline keys
     the run should have measured (missing ones are regressions); ``None`` compares only the
@@ -367,7 +368,7 @@ def compare(
                 result.regressions.append(Change(key, what, before, after))
             elif after < before - tolerance.slack(before):
                 result.improvements.append(Change(key, what, before, after))
-    compare_findings(*findings, result)
+    compare_findings(*findings, result, searched)
     return result
 
 
@@ -380,8 +381,9 @@ def finding_entries(found: Iterable[Any], rows: Sequence[Mapping[str, Any]]) -> 
                   for fmt, o in f.onset.items()}  # fmt: skip
         out[f.id] = {
             "id": f.id, "implementation": f.implementation, "loss": f.loss,
-            "quantity": f.quantity, "failure": f.failure, "feature": f.feature,
-            "measurements": len(f.rows), "onsets": onsets, "case": _replay(f, rows),
+            "quantity": f.quantity, "kind": f.kind, "failure": f.failure,
+            "feature": f.feature, "measurements": len(f.rows), "onsets": onsets,
+            "case": _replay(f, rows),
         }  # fmt: skip
     return out
 
@@ -398,16 +400,23 @@ def _distance(parameter: str, x: float) -> float:
 
 
 def compare_findings(
-    old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], into: Comparison
+    old: Mapping[str, Mapping[str, Any]],
+    new: Mapping[str, Mapping[str, Any]],
+    into: Comparison,
+    searched: bool = True,
 ) -> None:
     """A finding the baseline does not hold is a regression, so is an onset that moved
     toward ordinary inputs (by more than ``ONSET_SLACK``); a finding gone, or an onset that
-    moved away, is an improvement. Without findings in the baseline (an older file),
-    nothing is compared."""
+    moved away, is an improvement. Shapes that only a search finds (not monotone, order)
+    count only when both runs searched every finding (``searched``): which are searched
+    depends on the time budget. Without findings in the baseline (an older file), nothing
+    is compared."""
     if not old:
         return
     for fid in sorted(set(new) | set(old)):
         f = new.get(fid) or old[fid]
+        if not searched and f.get("kind", "point") not in ("point", "clamp"):
+            continue
         key: Key = (f["implementation"], f["loss"], "", "", f["quantity"])
         what = f"{fid}: {f['failure']} with {f['feature']}"
         if fid not in old:
@@ -610,8 +619,10 @@ def run_gate(
         return GateResult(audit, obtained, None, corpus_file, added, notes)
     if old is None:  # only when update made it optional
         raise InvalidArgument(f"baseline {path} does not exist")
+    searched = bool(old.corpus.get("findings_searched_all")) and record["findings_searched_all"]
     comparison = compare(old.entries, obtained.entries, tolerance, expected_keys(old, config),
-                         (_selected_findings(old, config), obtained.findings))  # fmt: skip
+                         (_selected_findings(old, config), obtained.findings),
+                         searched)  # fmt: skip
     comparison.notes += [
         f"{name} was {old.environment[name]} in the baseline, now {value}"
         for name, value in sorted(obtained.environment.items())
@@ -746,6 +757,7 @@ def corpus_record(config: Any, audit: Any, corpus_file: Path, baseline: Path, ca
         "regimes": None if config.regimes is None else sorted(config.regimes),
         "corpus_file": name,
         "corpus_cases": cases,
+        "findings_searched_all": not audit.investigation.skipped and not audit.investigation.failed,
     }
 
 

@@ -221,3 +221,14 @@ def test_a_torch_repro_prints_the_value_it_quotes():
 
 def _fixed(values):
     return Implementation("fixed", SIGMOID, lambda x, z: np.asarray(values), library="tests")
+
+
+def test_shapes_only_a_search_finds_count_only_when_both_runs_searched_everything():
+    shape = {**entry(None, "SHAPE"), "id": "F2", "kind": "not monotone"}
+    partial = Comparison()
+    compare_findings({"F0": entry(None)}, {"F0": entry(None), "F2": shape}, partial,
+                     searched=False)  # fmt: skip
+    assert not partial.regressions
+    complete = Comparison()
+    compare_findings({"F0": entry(None)}, {"F0": entry(None), "F2": shape}, complete)
+    assert [c.replay for c in complete.regressions] == ["SHAPE"]
