@@ -790,11 +790,12 @@ class Family:
         if self.kind == "odds" or not unit.loss.rowwise:
             return float(np.asarray(unit.predictions, dtype=np.float64).reshape(-1)[0])
         z = logits(unit)[0]
-        if unit.loss.labels is LabelKind.SPARSE and z.size > 1:
-            k = int(np.asarray(unit.labels).reshape(-1)[0])
-            if 0 <= k < z.size:
-                return float(z[k] - np.max(np.delete(z, k)))
-        return float(np.max(z) - np.min(z))
+        with np.errstate(over="ignore"):  # a gap beyond float64's range is inf
+            if unit.loss.labels is LabelKind.SPARSE and z.size > 1:
+                k = int(np.asarray(unit.labels).reshape(-1)[0])
+                if 0 <= k < z.size:
+                    return float(z[k] - np.max(np.delete(z, k)))
+            return float(np.max(z) - np.min(z))
 
 
 def _stack(units: list[Case]) -> Case | None:
