@@ -830,7 +830,7 @@ def _not_monotone(
     for i, (_, ui, ri) in enumerate(values):
         for _, uj, rj in values[i + 1 :]:
             drop = ri["got"] - rj["got"] if rising else rj["got"] - ri["got"]
-            if drop > 0 and fmt.ulps(ri["got"], rj["got"]) > max_ulps:
+            if drop > 0 and _ulps_apart(fmt, ri["got"], rj["got"]) > max_ulps:
                 if worst is None or drop > worst[0]:
                     worst = (drop, ui, ri, uj, rj)
     if worst is None:
@@ -847,6 +847,12 @@ def _not_monotone(
     )
     shape.shrunk = uj
     return shape
+
+
+def _ulps_apart(fmt: Format, a: float, b: float) -> float:
+    """ULPs between two returned values once rounded to the format (a library may return a
+    wider type than it was given)."""
+    return fmt.ulps(*(float(fmt.asarray(np.float64(x))) for x in (a, b)))
 
 
 def _removable(unit: Case) -> list[int]:
@@ -977,7 +983,7 @@ def _order_dependence(
         for i, (u, _) in enumerate(variants):
             a, b = got[2 * i], got[2 * i + 1]
             differ = (math.isnan(a) != math.isnan(b)) or (
-                not math.isnan(a) and f.ulps(a, b) > probe.max_ulps
+                not math.isnan(a) and _ulps_apart(f, a, b) > probe.max_ulps
             )
             if differ and (name, loss) not in found:
                 shape = Finding(name, impl.library, loss, "value", ORDER, ORDER,

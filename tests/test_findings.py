@@ -111,12 +111,13 @@ def dropping_softplus(x, z):
     return np.where(x > 20, loss - 10, loss)
 
 
-def test_a_loss_that_falls_where_the_exact_one_rises_is_not_monotone():
+@pytest.mark.parametrize("fmt", ["float64", "float16"])  # float16 in, float64 out
+def test_a_loss_that_falls_where_the_exact_one_rises_is_not_monotone(fmt):
     impl = Implementation("dropping", SIGMOID, dropping_softplus, library="tests")
-    found, extra = investigated(impl, [Case.build(SIGMOID, [40.0], [0.0])])
+    found, extra = investigated(impl, [Case.build(SIGMOID, [40.0], [0.0], format=fmt)])
     shape = next(s for s in extra.shapes if s.kind == NOT_MONOTONE)
     assert "gives" in shape.detail and shape.failure == NOT_MONOTONE
-    onset = next(f for f in found if f.failure == "inaccurate").onset["float64"]
+    onset = next(f for f in found if f.failure == "inaccurate").onset[fmt]
     assert 19.9 < onset["from"] <= 20.1 and onset["ok_at"] <= 20
 
 
