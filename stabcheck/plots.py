@@ -227,6 +227,13 @@ def _onset_panel(ax: Axes, finding: str, sweep: pd.DataFrame) -> None:
     """Bits of error along the parameter, one line per format, failures on the ceiling."""
     import numpy as np
 
+    sweep = sweep[np.isfinite(sweep["x"].to_numpy(dtype=float))]  # a gap past the range: inf
+    if sweep.empty:
+        ax.set_axis_off()
+        return
+    signed_log = _signed_log(sweep["x"].to_numpy(dtype=float))
+    if signed_log:  # both signs over many decades: symlog overflows matplotlib's inverse
+        sweep = sweep.assign(x=np.sign(sweep["x"]) * np.log10(1 + np.abs(sweep["x"])))
     bits = sweep["bits"].to_numpy(dtype=float)
     hard = ~np.isfinite(bits)
     top = max(float(bits[~hard].max()) if (~hard).any() else 0.0, 1.0)
@@ -240,12 +247,14 @@ def _onset_panel(ax: Axes, finding: str, sweep: pd.DataFrame) -> None:
         colour = style["color"]
         first = points["onset"].astype(bool)
         onsets += [(x, at, colour) for x, at in zip(points["x"][first], y[first])]
-    _x_scale(ax, sweep["x"].to_numpy(dtype=float))
+    if not signed_log:
+        _x_scale(ax, sweep["x"].to_numpy(dtype=float))
     for i, (x, y, colour) in enumerate(onsets):
         ax.plot([x], [y], marker="o", markersize=10, markerfacecolor="none", color=colour,
                 markeredgewidth=1.5)  # fmt: skip
         rightward = _position(ax, x) < 0.6
-        ax.annotate(f"onset {x:.4g}", (x, y), textcoords="offset points",
+        shown = np.sign(x) * (10 ** abs(x) - 1) if signed_log else x
+        ax.annotate(f"onset {shown:.4g}", (x, y), textcoords="offset points",
                     xytext=(8 if rightward else -8, (1 if y < ceiling / 2 else -1) * (10 + 11 * i)),
                     ha="left" if rightward else "right", va="center", fontsize=FONT,
                     color=colour, arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.6},
@@ -260,7 +269,8 @@ def _onset_panel(ax: Axes, finding: str, sweep: pd.DataFrame) -> None:
     ax.set_yticks(ticks, labels)
     low = float(np.min(bits[~hard], initial=0.0))
     ax.set_ylim(min(0.0, low) - top * 0.05, (ceiling + band) if hard.any() else top * 1.1)
-    ax.set_xlabel(str(sweep["parameter"].iloc[0]), fontsize=FONT)
+    name = str(sweep["parameter"].iloc[0])
+    ax.set_xlabel(f"sign x log10(1 + |{name}|)" if signed_log else name, fontsize=FONT)
     ax.set_ylabel("bits of error", fontsize=FONT)
     ax.tick_params(labelsize=FONT)
     ax.set_title(f"{finding}: {', '.join(dict.fromkeys(sweep['quantity']))}", fontsize=FONT + 1)
@@ -274,20 +284,35 @@ def _style(fmt: str) -> dict[str, Any]:
             "linewidth": 1.2}  # fmt: skip
 
 
+MAX_TICKS = 6  # on a log axis that spans many decades, one label per few of them
+
+
+def _wide(x: Any) -> bool:
+    """Whether the nonzero ``x`` span two decades or more."""
+    import numpy as np
+
+    magnitudes = np.abs(x[np.isfinite(x) & (x != 0)])
+    return bool(magnitudes.size) and magnitudes.max() / magnitudes.min() >= 100
+
+
+def _signed_log(x: Any) -> bool:
+    """Whether ``x`` needs sign(x) log10(1 + |x|): many decades, both signs."""
+
+    return _wide(x) and bool((x < 0).any())
+
+
 def _x_scale(ax: Axes, x: Any) -> None:
-    """Log (positive) or symlog where ``x`` spans two decades or more, else linear."""
+    """Log where positive ``x`` span two decades or more, else linear."""
     import numpy as np
 
     x = x[np.isfinite(x)]
     magnitudes = np.abs(x[x != 0])
-    if magnitudes.size and magnitudes.max() / magnitudes.min() >= 100:
-        if (x > 0).all():
-            ax.set_xscale("log")
-        else:  # ticks inside the linear part crowd 0
-            ax.set_xscale("symlog", linthresh=float(magnitudes.min()))
-            left, right = ax.get_xlim()
-            ax.set_xticks([t for t in ax.get_xticks() if left <= t <= right
-                           and (t == 0 or abs(t) >= magnitudes.min())])  # fmt: skip
+    if _wide(x) and (x > 0).all():
+        ax.set_xscale("log")
+        left, right = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if left <= t <= right
+                 and (t == 0 or abs(t) >= magnitudes.min())]  # fmt: skip
+        ax.set_xticks(ticks[:: -(-len(ticks) // MAX_TICKS)])  # at most MAX_TICKS, readable
 
 
 def _position(ax: Axes, x: float) -> float:

@@ -178,3 +178,16 @@ def test_nothing_without_measurements_or_matplotlib(monkeypatch):
     assert plots(measurements([]), pd.DataFrame()) == {}
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     assert plots(measurements(["ok"]), pd.DataFrame()) == {}
+
+
+def test_a_parameter_over_many_decades_of_both_signs_is_drawn_on_a_signed_log_axis():
+    """Logit gaps from -1e300 to past float64's range (inf, left out): symlog would overflow
+    matplotlib's inverse transform and leave the panel empty."""
+    sweep = naive_sigmoid_sweep("float64").assign(
+        x=[-1e300, *np.logspace(-3, 300, 19), math.inf], parameter="logit gap"
+    )  # fmt: skip
+    fig = figure(measurements(["overflow"]), sweep, ["float32"])
+    (ax,) = fig.subfigs[1].axes
+    assert ax.get_xlabel() == "sign x log10(1 + |logit gap|)"
+    low, high = ax.get_xlim()
+    assert low < -250 and 250 < high < 400  # the points, in log10 units, inf left out
