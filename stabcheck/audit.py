@@ -16,6 +16,9 @@ The groups (and slices of the corpus) are tasks that run in one process per core
 in task order, so a run's result does not depend on how many processes ran it. An
 interrupt (SIGINT, or SIGTERM under ``stabcheck._signals.stop_on_signals``) keeps whole
 tasks and leaves no process behind.
+Then the rows are grouped into findings (``stabcheck.findings``: each row's ``finding`` is
+its ID), and at most ``FINDINGS_SHARE`` of the measuring time goes to their onsets, smallest
+cases, shapes and repros, through the same runner and time limits.
 One row of the returned DataFrame is one measurement (see ``COLUMNS``).
 """
 
@@ -401,26 +404,27 @@ def run_audit(
 def _find(result: AuditResult, config: AuditConfig, budget: float) -> None:
     """Group the rows into findings (``finding`` column); unless the run was interrupted
     or ``config.investigate`` is off, bisect their onsets, shrink their cases and look for
-    shapes within ``budget`` seconds, calling implementations through the runner."""
+    shapes within ``budget`` seconds, calling implementations through the runner (an
+    interrupt there keeps the grouping)."""
     documented = {name: dict(impl.documented) for name, impl in result.implementations.items()}
-    found = group(result.rows, result.cases, documented)
-    if config.investigate and not result.interrupted and found:
-        runners = Runners(config.timeout, 1)
-        pairs = dict.fromkeys((row["implementation"], row["loss"]) for row in result.rows)
-        impls = {pair: _implementation(*pair, config.timeout) for pair in pairs}
-        try:
-            result.investigation = investigate(
-                found, result.rows, result.cases, impls,
-                lambda impl, case, grad: runners.get(impl).call(impl, case, grad),
-                config.max_ulps, budget,
-            )  # fmt: skip
-        finally:
-            runners.close()
-        found = sorted(found + result.investigation.shapes, key=lambda f: f.rank)
-    for finding in found:
+    result.findings = group(result.rows, result.cases, documented)
+    for finding in result.findings:
         for position in finding.rows:
             result.rows[position]["finding"] = finding.id
-    result.findings = found
+    if not config.investigate or result.interrupted or not result.findings:
+        return
+    runners = Runners(config.timeout, 1)
+    pairs = dict.fromkeys((row["implementation"], row["loss"]) for row in result.rows)
+    try:
+        impls = {pair: _implementation(*pair, config.timeout) for pair in pairs}
+        result.investigation = investigate(
+            result.findings, result.rows, result.cases, impls,
+            lambda impl, case, grad: runners.get(impl).call(impl, case, grad),
+            config.max_ulps, budget,
+        )  # fmt: skip
+    finally:
+        runners.close()
+    result.findings = sorted(result.findings + result.investigation.shapes, key=lambda f: f.rank)
 
 
 @dataclass(frozen=True)
