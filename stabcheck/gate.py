@@ -372,7 +372,9 @@ def compare(
     return result
 
 
-def finding_entries(found: Iterable[Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+def finding_entries(
+    found: Iterable[Any], rows: Sequence[Mapping[str, Any]], cases: Mapping[str, Case]
+) -> dict[str, dict]:
     """The findings (``stabcheck.findings.Finding``) as the baseline keeps them: what they
     are, how many measurements show them, their onsets, and a case that replays them."""
     out = {}
@@ -383,15 +385,29 @@ def finding_entries(found: Iterable[Any], rows: Sequence[Mapping[str, Any]]) -> 
             "id": f.id, "implementation": f.implementation, "loss": f.loss,
             "quantity": f.quantity, "kind": f.kind, "failure": f.failure,
             "feature": f.feature, "measurements": len(f.rows), "onsets": onsets,
-            "case": _replay(f, rows),
+            "case": _replay(f, rows, cases),
         }  # fmt: skip
     return out
 
 
-def _replay(finding: Any, rows: Sequence[Mapping[str, Any]]) -> str:
-    if finding.shrunk is not None:
-        return finding.shrunk.to_json()
-    return f"case {rows[finding.worst[1]]['case_id']}" if finding.worst[1] >= 0 else ""
+REPLAY_LIMIT = 2000  # characters of a finding's case kept inline; larger ones are named
+
+
+def _replay(finding: Any, rows: Sequence[Mapping[str, Any]], cases: Mapping[str, Case]) -> str:
+    """The finding's smallest case, else the unit of its worst measurement, as JSON."""
+    from stabcheck.findings import unit_of
+
+    case = finding.shrunk
+    row = rows[finding.worst[1]] if finding.worst[1] >= 0 else None
+    if case is None and row is not None and row["case_id"] in cases:
+        case = unit_of(cases[row["case_id"]], row["quantity"], row["index"])
+    if case is None:
+        return ""
+    text = case.to_json()
+    if len(text) <= REPLAY_LIMIT or row is None:
+        return text
+    return (f"case {row['case_id']} (cases.jsonl.gz of an audit with the same seed), output "
+            f"[{row['index']}]: {case.predictions.shape} inputs")
 
 
 def _distance(parameter: str, x: float) -> float:
@@ -610,7 +626,7 @@ def run_gate(
             new_cases += failing
     record = corpus_record(config, audit, corpus_file, path, len(corpus) + len(new_cases))
     obtained = Baseline(entries(audit.rows), record, environment(audit, config),
-                        finding_entries(audit.findings, audit.rows))  # fmt: skip
+                        finding_entries(audit.findings, audit.rows, audit.cases))  # fmt: skip
     if update and not accept_errors:
         _refuse_failed_entries(obtained, audit)
     added = add_to_corpus(corpus_file, new_cases) if new_cases else []
