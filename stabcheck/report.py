@@ -60,7 +60,6 @@ from stabcheck.measure import SEVERITY, STATUSES
 
 BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bits of error: 0, <=1, <=2, ... <=64, more
 SPARK = " ▁▂▃▄▅▆▇█"
-WORST_PER_IMPLEMENTATION = 10
 INLINE_CASE_LIMIT = 600  # characters of JSON above which a reproduction points to cases.jsonl
 
 
