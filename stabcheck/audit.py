@@ -41,6 +41,7 @@ from stabcheck._validation import integer
 from stabcheck.case import Case
 from stabcheck.errors import AdapterUnavailable, InvalidArgument, PrecisionLimitReached
 from stabcheck.findings import Finding, Investigation, group, investigate
+from stabcheck.findings import score as findings_score
 from stabcheck.formats import format_names, get_format
 from stabcheck.implementations import (
     Implementation,
@@ -50,7 +51,7 @@ from stabcheck.implementations import (
     user_implementation,
 )
 from stabcheck.losses import get_loss, loss_names
-from stabcheck.measure import DEFAULT_MAX_ULPS, SEVERITY, Measurement, measure, measure_worst
+from stabcheck.measure import DEFAULT_MAX_ULPS, Measurement, measure, measure_worst
 from stabcheck.oracle import OracleResult, evaluate
 from stabcheck.runner import UNSUPPORTED, Outcome, Runner, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
@@ -324,7 +325,7 @@ def search_worst(
             into.turned_down(impl.name, fmt, outcome.note)
             assume(False)
         rows = list(_rows(impl, case, exact, outcome, config, "search"))
-        score = max(_score(row) for row in rows)
+        score = max(map(findings_score, rows))
         target(score, label="bits of error")
         if score > best[0]:
             best[:] = [score, case, rows]
@@ -335,12 +336,6 @@ def search_worst(
         except Unsatisfiable:  # no case the implementation takes, or the oracle decides
             pass
     return None if best[1] is None else (best[1], best[2])
-
-
-def _score(row: dict[str, Any]) -> float:
-    """Bits of error, with the statuses that carry none (nan, error, ...) scored above."""
-    bits = row.get("bits", math.inf)
-    return 64.0 * SEVERITY[row["status"]] + (min(bits, 63.0) if math.isfinite(bits) else 63.0)
 
 
 def run_audit(

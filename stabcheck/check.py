@@ -49,6 +49,8 @@ from stabcheck import _validation as validate
 from stabcheck._validation import integer
 from stabcheck.case import Case, check_param
 from stabcheck.errors import InvalidArgument, StabcheckError
+from stabcheck.findings import group as group_findings
+from stabcheck.findings import score as row_score
 from stabcheck.formats import get_format
 from stabcheck.implementations import (
     USER_CHOICES,
@@ -221,10 +223,8 @@ class CheckResult:
     def _findings(self) -> list[str]:
         """The distinct problems behind the failures (``stabcheck.findings``), worst first,
         one line each, with IDs that an audit or a gate of the same function shares."""
-        from stabcheck.findings import group
-
         rows = [r for r in self.rows if r["status"] not in self.allow]
-        found = group(rows, self.cases)
+        found = group_findings(rows, self.cases)
         if not found:
             return []
         lines = ["", "Findings (distinct problems, worst first):"]
@@ -783,7 +783,7 @@ class _Group:
         """The one row (or element) of ``evaluated`` that fails, if it fails alone."""
         rows = [r for r in evaluated.rows if r["status"] in evaluated.failing]
         rows = [r for r in rows if wanted is None or r["status"] == wanted] or rows
-        row = max(rows, key=_row_score)
+        row = max(rows, key=row_score)
         if row.get("index", "") == "":
             return evaluated, False
         unit = _unit(Finding(evaluated.case, row))
@@ -864,7 +864,7 @@ class _Group:
         row = max(
             (r for r in chosen.rows if r["status"] in chosen.failing
              and (status is None or r["status"] == status)),
-            key=_row_score,
+            key=row_score,
         )  # fmt: skip
         self.result.finding = Finding(chosen.case, row, how, chosen.error)
 
@@ -881,12 +881,6 @@ class _Group:
         return out
 
 
-def _row_score(row: dict[str, Any]) -> float:
-    bits = row.get("bits")
-    bits = 63.0 if bits is None or not math.isfinite(bits) else min(bits, 63.0)
-    return 64.0 * SEVERITY[row["status"]] + bits
-
-
 def _score(rows: list[dict[str, Any]], allow: frozenset[str]) -> float:
     """Bits of error, failing statuses above any finite error, allowed statuses as ok."""
     best = 0.0
@@ -895,7 +889,7 @@ def _score(rows: list[dict[str, Any]], allow: frozenset[str]) -> float:
             bits = row.get("bits")
             score = min(bits, 63.0) if bits is not None and math.isfinite(bits) else 0.0
         else:
-            score = _row_score(row)
+            score = row_score(row)
         best = max(best, score)
     return best
 
