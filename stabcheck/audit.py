@@ -69,6 +69,16 @@ FINDINGS_SHARE = 0.19  # of the measuring time for the findings: 20% with the la
 FINDINGS_FLOOR = 5.0  # seconds a short audit may spend on them all the same
 MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; longer limits are mistakes (or inf)
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
+WORK = {  # AuditResult.work: seconds of each kind, summed over the processes that spent them
+    "draw": "drawing cases (hypothesis), in the drawn groups and the searches",
+    "oracle_fast": "the oracle's double-double fast path",
+    "oracle_mpmath": "the oracle's mpmath path (the units the fast path left)",
+    "calls_first": "each implementation process's first call (importing its framework)",
+    "calls_compile": "an implementation's first call on a shape and format (JIT compiling)",
+    "calls": "the other implementation calls",
+    "measure": "comparing results with the oracle (rows)",
+    "checkpoint": "writing the checkpoint after each task",
+}
 
 
 @dataclass(frozen=True)
@@ -224,7 +234,12 @@ class AuditResult:
     without_gradients: list[str] = field(default_factory=list)  # with grad: values only
     findings: list[Finding] = field(default_factory=list)  # worst first
     investigation: Investigation = field(default_factory=Investigation)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds: measure, findings
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds: measure, findings
+    work: dict[str, float] = field(default_factory=dict)  # seconds summed over processes
+
+    def spent(self, kind: str, seconds: float) -> None:
+        """Add ``seconds`` of work of ``kind`` (see ``WORK``)."""
+        self.work[kind] = self.work.get(kind, 0.0) + seconds
 
     def turned_down(self, name: str, fmt: str, why: str = "") -> None:
         """Note that implementation ``name`` does not take ``fmt`` (``why``: what its library
@@ -238,6 +253,8 @@ class AuditResult:
         self.oracle_failures.extend(part.oracle_failures)
         for path, count in part.oracle_units.items():
             self.oracle_units[path] += count
+        for kind, seconds in part.work.items():
+            self.spent(kind, seconds)
         for name, formats in part.unsupported.items():
             for fmt, why in formats.items():
                 self.turned_down(name, fmt, why)
@@ -278,13 +295,32 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
     return list(drawn.values())[:examples]
 
 
-def oracle(case: Case, grad: bool, units: dict[str, int]) -> OracleResult:
-    """The oracle's answer, counting in ``units`` the results each of its paths decided."""
+def oracle(case: Case, grad: bool, into: AuditResult) -> OracleResult:
+    """The oracle's answer, counting in ``into`` the results each of its paths decided and
+    the time each took."""
     exact = evaluate(case, grad=grad)
     fast = int(exact.fast.sum())
-    units["fast"] += fast
-    units["mpmath"] += exact.fast.size - fast
+    into.oracle_units["fast"] += fast
+    into.oracle_units["mpmath"] += exact.fast.size - fast
+    for path, seconds in exact.seconds.items():
+        into.spent(f"oracle_{path}", seconds)
     return exact
+
+
+def _measured(
+    into: AuditResult,
+    impl: Implementation,
+    case: Case,
+    exact: OracleResult,
+    outcome: Outcome,
+    config: AuditConfig,
+    origin: str,
+) -> list[dict[str, Any]]:
+    """``_rows``, timed as ``measure`` work in ``into``."""
+    start = time.perf_counter()
+    rows = list(_rows(impl, case, exact, outcome, config, origin))
+    into.spent("measure", time.perf_counter() - start)
+    return rows
 
 
 def search_worst(
@@ -317,14 +353,14 @@ def search_worst(
     def probe(case: Case) -> None:
         assume(impl.takes(case))
         try:
-            exact = oracle(case, config.grad, into.oracle_units)
+            exact = oracle(case, config.grad, into)
         except PrecisionLimitReached:
             assume(False)
         outcome = runner.call(impl, case, config.grad)
         if outcome.status == UNSUPPORTED:
             into.turned_down(impl.name, fmt, outcome.note)
             assume(False)
-        rows = list(_rows(impl, case, exact, outcome, config, "search"))
+        rows = _measured(into, impl, case, exact, outcome, config, "search")
         score = max(map(findings_score, rows))
         target(score, label="bits of error")
         if score > best[0]:
@@ -367,7 +403,9 @@ def run_audit(
     def merge(part: AuditResult) -> None:
         result.add(part)
         if checkpoint:
+            start = time.perf_counter()
             checkpoint(result)
+            result.spent("checkpoint", time.perf_counter() - start)
 
     try:
         if jobs > 1:
@@ -471,7 +509,7 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
         if not impls:
             return
         try:
-            exact = oracle(case, config.grad, into.oracle_units)
+            exact = oracle(case, config.grad, into)
         except PrecisionLimitReached as exc:
             into.oracle_failures.append(f"{case.id}: {exc}")
             return
@@ -480,22 +518,32 @@ def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditRes
             if outcome.status == UNSUPPORTED:
                 into.turned_down(impl.name, case.format.name, outcome.note)
             else:
-                into.rows.extend(_rows(impl, case, exact, outcome, config, origin))
+                into.rows.extend(_measured(into, impl, case, exact, outcome, config, origin))
 
+    before = runners.seconds()
     if task.group is not None:
         loss, fmt, regime = task.group
         examples = min(config.examples, get_regime(regime).max_examples or config.examples)
-        for case in draw_cases(loss, fmt, regime, examples, config.seed):
+        start = time.perf_counter()
+        drawn = draw_cases(loss, fmt, regime, examples, config.seed)
+        into.spent("draw", time.perf_counter() - start)
+        for case in drawn:
             measure_case(case, task.impls, "drawn")
         if config.search and get_regime(regime).searched:
             for impl in supported(task.impls, fmt):
+                start, work = time.perf_counter(), sum(into.work.values())
+                calls = sum(runners.seconds().values())
                 found = search_worst(impl, runners.get(impl), task.group, config, into)
+                inside = sum(into.work.values()) - work + sum(runners.seconds().values()) - calls
+                into.spent("draw", time.perf_counter() - start - inside)  # hypothesis's part
                 if found is not None:
                     case, rows = found
                     into.cases[case.id] = case
                     into.rows.extend(rows)
     for case, impls in task.corpus:
         measure_case(case, impls, "corpus")
+    for kind, seconds in runners.seconds().items():
+        into.spent(kind, seconds - before.get(kind, 0.0))
 
 
 def _in_processes(

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck._files import Writer, atomic_write, replace_files
-from stabcheck.audit import AuditConfig, AuditResult
+from stabcheck.audit import WORK, AuditConfig, AuditResult
 from stabcheck.case import Case
 from stabcheck.findings import (
     NOT_A_NUMBER,
@@ -171,6 +171,7 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "interrupted": result.interrupted,
         "wall_time_seconds": round(result.seconds, 1),
         "phases_seconds": {k: round(v, 1) for k, v in result.phases.items()},
+        "work_seconds": {k: round(result.work[k], 1) for k in WORK if k in result.work},
         "measurements": len(frame),
         "findings": len(result.findings),
         "findings_searched": result.investigation.searched,

@@ -138,6 +138,14 @@ class Runners:
             yield impl, self.get(impl).result()
         batch.clear()
 
+    def seconds(self) -> dict[str, float]:
+        """The calls' own time so far, by kind (``Runner._account``), summed over runners."""
+        total: dict[str, float] = {}
+        for runner in self.runners.values():
+            for kind, seconds in runner.seconds.items():
+                total[kind] = total.get(kind, 0.0) + seconds
+        return total
+
     def close(self) -> None:
         for runner in self.runners.values():
             runner.close()
@@ -157,6 +165,8 @@ class Runner:
         self.pending: Outcome | None = None
         self.call_args: tuple[Implementation, Case, bool] | None = None
         self.retried = False
+        self.seen: set[tuple[str, str, tuple[int, ...]]] = set()  # calls of this process
+        self.seconds: dict[str, float] = {}  # calls' own time, by kind (see _account)
 
     def call(self, impl: Implementation, case: Case, grad: bool) -> Outcome:
         """Run one call and wait for it."""
@@ -198,17 +208,29 @@ class Runner:
                 "fresh process)",
             )
         try:
-            outcome, memory = self.conn.recv()
+            outcome, memory, seconds = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(timeout=5)
             code = self.process.exitcode
             self.close()
             return Outcome(status=ERROR, note=f"the process died (exit code {code})")
+        self._account(seconds)
         if memory > RUNNER_MEMORY:
             self.close()  # JIT caches grow with every new shape: the next call starts afresh
         return outcome
 
+    def _account(self, seconds: float) -> None:
+        """Add a call's own time to ``seconds``: ``calls_first`` for the first call of a
+        process (the import), ``calls_compile`` for an implementation's first call on a
+        shape and format (what a JIT compiles), ``calls`` for the others."""
+        impl, case, _ = self.call_args
+        key = (impl.name, case.format.name, case.predictions.shape)
+        kind = "calls_first" if not self.seen else "calls" if key in self.seen else "calls_compile"
+        self.seen.add(key)
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+
     def _start(self) -> None:
+        self.seen = set()
         context = multiprocessing.get_context("fork")
         self.conn, child = context.Pipe()
         self.process = context.Process(
@@ -242,10 +264,12 @@ def _serve(conn: Any, parent_end: Any, parent: int) -> None:
         except EOFError:
             return
         output.mark()
+        start = time.perf_counter()
         outcome = protected(lambda: find(name, loss), case, grad)  # noqa: B023
+        seconds = time.perf_counter() - start
         if outcome.status == ERROR and (printed := output.since_mark()):
             outcome = Outcome(status=ERROR, note=f"{outcome.note} (it printed: {printed})")
-        conn.send((outcome, _peak_memory()))
+        conn.send((outcome, _peak_memory(), seconds))
 
 
 class _Output:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -101,6 +102,7 @@ class OracleResult:
     lazy_gradient_exact: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     operand_gradients: Mapping[str, Gradient] = field(default_factory=dict)
     gradient_scale: np.ndarray | None = None
+    seconds: Mapping[str, float] = field(default_factory=dict)  # spent: fast, mpmath
 
     @property
     def exact(self) -> np.ndarray:
@@ -125,8 +127,21 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
     ``fast=False`` does not; by default it does for cases of at least ``FAST_MIN_SIZE``
     predictions (linear cases: logits), unless the environment variable
     ``STABCHECK_ORACLE`` is ``mpmath``. The linear losses' fast path (``fastlinear``)
-    takes the whole case or declines it.
+    takes the whole case or declines it. ``seconds`` of the result says how long each
+    path took.
     """
+    start = time.perf_counter()
+    fast_seconds: list[float] = []
+    result = _evaluate(case, grad, fast, fast_seconds)
+    spent = sum(fast_seconds)
+    seconds = {"fast": spent, "mpmath": time.perf_counter() - start - spent}
+    return dataclasses.replace(result, seconds=seconds)
+
+
+def _evaluate(
+    case: Case, grad: bool, fast: bool | None, fast_seconds: list[float]
+) -> OracleResult:
+    """``evaluate``, adding to ``fast_seconds`` the time the fast paths took."""
     if fast is None:  # a linear case's size is its logits' count, N x V
         size = len(case.predictions) * case.classes if case.loss.operands else case.predictions.size
         fast = (
@@ -134,7 +149,9 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
             and size >= FAST_MIN_SIZE
         )
     if case.loss.operands:
+        start = time.perf_counter()
         decided = fastlinear.evaluate(case, grad) if fast else None
+        fast_seconds.append(time.perf_counter() - start)
         if decided is not None:
             return decided
         if grad:
@@ -144,7 +161,9 @@ def evaluate(case: Case, grad: bool = False, fast: bool | None = None) -> Oracle
         return _reduced(case, grad)
     fast = fast and set(case.params) <= options.FAST_OPTIONS
     shape, pshape = case.output_shape, case.predictions.shape
+    start = time.perf_counter()
     value, gradient = fastpath.evaluate(case, grad) if fast else fastpath.nothing(case, grad)
+    fast_seconds.append(time.perf_counter() - start)
     decided = value.ok.reshape(-1).copy()  # per unit: its value and all its gradient
     # the mpmath units' results go into the fast path's arrays (to_mpf reads only h, lo, q
     # and ok, which stay as they are)
