@@ -489,7 +489,7 @@ def _finite_or_text(x: float) -> float | str:
 def _audit(args: argparse.Namespace) -> int:
     from stabcheck._files import output_directory
     from stabcheck.audit import AuditConfig, run_audit, terminal_progress
-    from stabcheck.report import write_checkpoint, write_report
+    from stabcheck.report import Checkpoint, write_report
 
     given = {k: v for k, v in _given(args).items() if v is not None}
     config = AuditConfig(**given).validated()
@@ -500,7 +500,7 @@ def _audit(args: argparse.Namespace) -> int:
     result = run_audit(
         config,
         progress=terminal_progress(),
-        checkpoint=lambda partial: write_checkpoint(partial, out),
+        checkpoint=Checkpoint(out),
     )
     paths = write_report(result, config, out)
     frame = result.frame()

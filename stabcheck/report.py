@@ -23,7 +23,7 @@ run was interrupted), or the previous one untouched:
   and the seconds of each phase;
 * ``plots/*.png`` when matplotlib is installed (``stabcheck.plots``).
 
-During a run, ``write_checkpoint`` keeps the measurements so far in
+During a run, ``Checkpoint`` keeps the measurements so far in
 ``measurements.partial.csv`` (what is left of a run that was killed outright); the report
 replaces it.
 """
@@ -39,8 +39,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from stabcheck._files import Writer, atomic_write, replace_files
-from stabcheck.audit import WORK, AuditConfig, AuditResult
+from stabcheck._files import Writer, replace_files
+from stabcheck.audit import COLUMNS, WORK, AuditConfig, AuditResult
 from stabcheck.case import Case
 from stabcheck.findings import (
     NOT_A_NUMBER,
@@ -114,12 +114,27 @@ def report_files(
     }
 
 
-def write_checkpoint(result: AuditResult, out: str | Path) -> Path:
-    """The measurements so far, in ``measurements.partial.csv`` (a long run's checkpoint,
-    which leaves the previous report untouched)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out / CHECKPOINT, lambda f: result.frame().to_csv(f, index=False))
+class Checkpoint:
+    """The measurements so far in ``measurements.partial.csv`` of ``out`` (a long run's
+    checkpoint, which leaves the previous report untouched). Each call appends the rows
+    added since the one before, in one write, so a run writes each row once."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / CHECKPOINT
+        self.written = 0
+
+    def __call__(self, result: AuditResult) -> Path:
+        import pandas as pd
+
+        rows = result.rows[self.written :]
+        if self.written == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False,
+                                                               header=self.written == 0)
+        with open(self.path, "a" if self.written else "w", encoding="utf-8") as f:
+            f.write(text)
+        self.written = len(result.rows)
+        return self.path
 
 
 TEXT_COLUMNS = ("implementation", "library", "loss", "format", "regime", "origin", "case_id",

@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stabcheck.audit import COLUMNS, AuditConfig, run_audit
+from stabcheck.audit import COLUMNS, WORK, AuditConfig, AuditResult, run_audit
 from stabcheck.case import Case
 from stabcheck.cli import main
 from stabcheck.findings import FINDING_COLUMNS
 from stabcheck.oracle import evaluate
-from stabcheck.report import histogram, load_case, load_measurements, write_report
+from stabcheck.report import (
+    Checkpoint,
+    histogram,
+    load_case,
+    load_measurements,
+    write_report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +84,10 @@ def test_summary_separates_hard_failures_and_links_each_finding(audited, tmp_pat
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["seed"] == 3 and run["measurements"] == len(frame) and not run["interrupted"]
     assert set(run["phases_seconds"]) == {"measure", "findings"}
+    # the work by kind: every kind is one of WORK's, the oracle's paths and calls are there
+    work = run["work_seconds"]
+    assert set(work) <= set(WORK) and {"oracle_mpmath", "calls_first", "measure"} <= set(work)
+    assert all(v >= 0 for v in work.values())
     assert run["findings_searched"] > 0 and run["findings_search_failures"] == []
 
 
@@ -118,6 +128,20 @@ def test_cases_file_round_trips(audited, tmp_path):
     write_report(result, config, tmp_path)
     case_id, case = next(iter(result.cases.items()))
     assert load_case(tmp_path / "cases.jsonl.gz", case_id).to_json() == case.to_json()
+
+
+def test_the_checkpoint_appends_each_row_once(audited, tmp_path):
+    _, result = audited
+    checkpoint, partial = Checkpoint(tmp_path / "out"), AuditResult()
+    for first in range(0, len(result.rows), 700):  # as tasks are merged
+        partial.rows.extend(result.rows[first : first + 700])
+        path = checkpoint(partial)
+    frame = load_measurements(path)
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == len(result.rows)
+    assert frame["case_id"].tolist() == [row["case_id"] for row in result.rows]
+    # a new run's checkpoint starts afresh
+    Checkpoint(tmp_path / "out")(AuditResult(rows=result.rows[:3]))
+    assert len(load_measurements(path)) == 3
 
 
 def test_histogram_bins():
