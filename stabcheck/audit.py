@@ -52,7 +52,8 @@ from stabcheck.implementations import (
 )
 from stabcheck.losses import get_loss, loss_names
 from stabcheck.measure import DEFAULT_MAX_ULPS, Measurement, measure, measure_worst
-from stabcheck.oracle import OracleResult, evaluate
+from stabcheck.oracle import OracleResult
+from stabcheck.oracle.cache import Cache, default_directory
 from stabcheck.runner import UNSUPPORTED, Outcome, Runner, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
 from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
@@ -73,6 +74,7 @@ WORK = {  # AuditResult.work: seconds of each kind, summed over the processes th
     "draw": "drawing cases (hypothesis), in the drawn groups and the searches",
     "oracle_fast": "the oracle's double-double fast path",
     "oracle_mpmath": "the oracle's mpmath path (the units the fast path left)",
+    "oracle_cache": "reading the oracle's results from its cache on disk",
     "calls_first": "each implementation process's first call (importing its framework)",
     "calls_compile": "an implementation's first call on a shape and format (JIT compiling)",
     "calls": "the other implementation calls",
@@ -226,6 +228,7 @@ class AuditResult:
     cases: dict[str, Case] = field(default_factory=dict)
     oracle_failures: list[str] = field(default_factory=list)
     oracle_units: dict[str, int] = field(default_factory=lambda: {"fast": 0, "mpmath": 0})
+    oracle_cache: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
     interrupted: bool = False
     seconds: float = 0.0
     implementations: dict[str, Implementation] = field(default_factory=dict)  # one per name
@@ -253,6 +256,8 @@ class AuditResult:
         self.oracle_failures.extend(part.oracle_failures)
         for path, count in part.oracle_units.items():
             self.oracle_units[path] += count
+        for outcome, count in part.oracle_cache.items():
+            self.oracle_cache[outcome] += count
         for kind, seconds in part.work.items():
             self.spent(kind, seconds)
         for name, formats in part.unsupported.items():
@@ -296,9 +301,11 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
 
 
 def oracle(case: Case, grad: bool, into: AuditResult) -> OracleResult:
-    """The oracle's answer, counting in ``into`` the results each of its paths decided and
-    the time each took."""
-    exact = evaluate(case, grad=grad)
+    """The oracle's answer, from its cache on disk when it is there
+    (``stabcheck.oracle.cache``), counting in ``into`` the results each of its paths
+    decided, the cases read from the cache, and the time each took."""
+    exact = Cache(default_directory()).evaluate(case, grad)
+    into.oracle_cache["hits" if "cache" in exact.seconds else "misses"] += 1
     fast = int(exact.fast.sum())
     into.oracle_units["fast"] += fast
     into.oracle_units["mpmath"] += exact.fast.size - fast

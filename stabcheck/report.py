@@ -57,6 +57,7 @@ from stabcheck.findings import (
 )
 from stabcheck.formats import format_names, get_format
 from stabcheck.measure import SEVERITY, STATUSES
+from stabcheck.oracle.cache import default_directory
 
 BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bits of error: 0, <=1, <=2, ... <=64, more
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -195,6 +196,7 @@ def run_info(result: AuditResult, config: AuditConfig) -> dict[str, Any]:
         "cases": len(result.cases),
         "oracle_failures": result.oracle_failures,
         "oracle_units": result.oracle_units,
+        "oracle_cache": {**result.oracle_cache, "directory": str(default_directory())},
         "unsupported_formats": result.unsupported,
         "unavailable": result.unavailable,
         "without_gradients": result.without_gradients,
