@@ -29,10 +29,10 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,8 +53,8 @@ from stabcheck.implementations import (
 from stabcheck.losses import get_loss, loss_names
 from stabcheck.measure import DEFAULT_MAX_ULPS, Measurement, measure, measure_worst
 from stabcheck.oracle import OracleResult
-from stabcheck.oracle.cache import Cache, default_directory
-from stabcheck.runner import UNSUPPORTED, Outcome, Runner, Runners, check_user
+from stabcheck.oracle.cache import Cache, default_directory, from_state, to_state
+from stabcheck.runner import UNSUPPORTED, Outcome, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
 from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
 
@@ -271,19 +271,22 @@ class AuditResult:
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
 
-def group_seed(seed: int, loss: str, fmt: str, regime: str) -> int:
-    """The seed of one (loss, format, regime) group, derived from the run's seed."""
-    return zlib.crc32(f"{seed}:{loss}:{fmt}:{regime}".encode())
+def group_seed(seed: int, loss: str, fmt: str, regime: str, stream: str = "") -> int:
+    """The seed of one (loss, format, regime) group, derived from the run's seed; a
+    ``stream`` (``search``) gives the group a second, independent sequence of cases."""
+    return zlib.crc32(f"{seed}:{loss}:{fmt}:{regime}{':' + stream if stream else ''}".encode())
 
 
-def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> list[Case]:
-    """``examples`` distinct cases of one group, the same for the same seed."""
+def draw_cases(
+    loss: str, fmt: str, regime: str, examples: int, seed: int, stream: str = ""
+) -> list[Case]:
+    """``examples`` distinct cases of one group, the same for the same seed and stream."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as fixed_seed
 
     drawn: dict[str, Case] = {}
 
-    @fixed_seed(group_seed(seed, loss, fmt, regime))
+    @fixed_seed(group_seed(seed, loss, fmt, regime, stream))
     @settings(
         max_examples=examples,
         database=None,
@@ -302,16 +305,290 @@ def draw_cases(loss: str, fmt: str, regime: str, examples: int, seed: int) -> li
 
 def oracle(case: Case, grad: bool, into: AuditResult) -> OracleResult:
     """The oracle's answer, from its cache on disk when it is there
-    (``stabcheck.oracle.cache``), counting in ``into`` the results each of its paths
-    decided, the cases read from the cache, and the time each took."""
+    (``stabcheck.oracle.cache``), counted in ``into`` (see ``_count``)."""
     exact = Cache(default_directory()).evaluate(case, grad)
+    _count(into, exact)
+    return exact
+
+
+def _count(into: AuditResult, exact: OracleResult) -> None:
+    """Count in ``into`` the results each of the oracle's paths decided, whether the cache
+    had them, and the time each path took."""
     into.oracle_cache["hits" if "cache" in exact.seconds else "misses"] += 1
     fast = int(exact.fast.sum())
     into.oracle_units["fast"] += fast
     into.oracle_units["mpmath"] += exact.fast.size - fast
     for path, seconds in exact.seconds.items():
         into.spent(f"oracle_{path}", seconds)
-    return exact
+
+
+def run_audit(
+    config: AuditConfig,
+    progress: Callable[[str, float, float], None] | None = None,
+    checkpoint: Callable[[AuditResult], None] | None = None,
+    corpus: Sequence[Case] = (),
+    draw: bool = True,
+) -> AuditResult:
+    """Run the audit; ``checkpoint`` is called after every loss and format (and after the
+    corpus) with the rows so far, and ``progress(what, done, total)`` as each step starts
+    (``done`` and ``total`` count the calls the audit plans: cases times implementations).
+
+    ``corpus`` cases (a regression corpus) are measured after the drawn ones, with origin
+    ``corpus``, when their loss and format are selected; ``draw=False`` measures only them.
+    ``config.jobs`` processes (by default, one per core) draw the cases and evaluate the
+    oracle, and as many implementation processes call at once; the result does not depend
+    on their number. An interrupt (Ctrl-C) stops the run and returns the losses measured
+    whole, with ``interrupted`` set.
+    """
+    config = config.validated()
+    start = time.perf_counter()
+    result = AuditResult(without_gradients=config.without_gradients())
+    chunks = _chunks(config, corpus, draw, result)
+    jobs = config.jobs or CORES
+    runners = Runners(config.timeout, jobs)
+    try:
+        try:
+            total, done = sum(c.planned(config) for c in chunks), 0
+            with _pool(jobs) as pool:
+                for chunk in chunks:
+                    planned = chunk.planned(config)
+
+                    def step(what: str, share: float, label: str = chunk.label,
+                             done: int = done, planned: int = planned) -> None:  # fmt: skip
+                        if progress:
+                            progress(f"{label}: {what}", done + share * planned, total)
+
+                    part = AuditResult()
+                    try:
+                        _measure(chunk, config, runners, pool, part, step)
+                    except BrokenProcessPool:
+                        if _signals.received():
+                            raise KeyboardInterrupt from None  # stopped with us by the signal
+                        raise RuntimeError(
+                            f"an audit process died while measuring {chunk.label}"
+                        ) from None
+                    except Exception as exc:  # a bug: named with the step it stopped
+                        raise RuntimeError(f"measuring {chunk.label} failed: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+                    done += planned
+                    result.add(part)  # whole chunks only: an interrupt drops the one it stops
+                    if checkpoint:
+                        begun = time.perf_counter()
+                        checkpoint(result)
+                        result.spent("checkpoint", time.perf_counter() - begun)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        result.phases["measure"] = time.perf_counter() - start
+        try:
+            budget = max(FINDINGS_SHARE * result.phases["measure"], FINDINGS_FLOOR)
+            _find(result, config, budget, runners)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        finally:
+            result.phases["findings"] = time.perf_counter() - start - result.phases["measure"]
+    finally:
+        runners.close()
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _find(result: AuditResult, config: AuditConfig, budget: float, runners: Runners) -> None:
+    """Group the rows into findings (``finding`` column); unless the run was interrupted
+    or ``config.investigate`` is off, bisect their onsets, shrink their cases and look for
+    shapes within ``budget`` seconds, calling implementations through the audit's runners
+    (an interrupt there keeps the grouping)."""
+    documented = {name: dict(impl.documented) for name, impl in result.implementations.items()}
+    result.findings = group(result.rows, result.cases, documented)
+    for finding in result.findings:
+        for position in finding.rows:
+            result.rows[position]["finding"] = finding.id
+    if not config.investigate or result.interrupted or not result.findings:
+        return
+    pairs = dict.fromkeys((row["implementation"], row["loss"]) for row in result.rows)
+    impls = {pair: _implementation(*pair, config.timeout) for pair in pairs}
+    result.investigation = investigate(
+        result.findings, result.rows, result.cases, impls,
+        lambda impl, case, grad: runners.get(impl).call(impl, case, grad),
+        config.max_ulps, budget,
+    )  # fmt: skip
+    result.findings = sorted(result.findings + result.investigation.shapes, key=lambda f: f.rank)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A step of an audit: the groups (loss, format, regime) of one loss and format with
+    the implementations of each, or the corpus cases with theirs."""
+
+    label: str
+    groups: tuple[tuple[tuple[str, str, str], tuple[Implementation, ...]], ...] = ()
+    corpus: tuple[tuple[Case, tuple[Implementation, ...]], ...] = ()
+
+    def planned(self, config: AuditConfig) -> int:
+        """The calls it plans: cases (drawn and searched) times implementations."""
+        calls = sum(len(impls) for _, impls in self.corpus)
+        for (_, _, regime), impls in self.groups:
+            spec = get_regime(regime)
+            cases = min(config.examples, spec.max_examples or config.examples)
+            calls += (cases + (config.search if spec.searched else 0)) * len(impls)
+        return calls
+
+
+def _chunks(
+    config: AuditConfig, corpus: Sequence[Case], draw: bool, result: AuditResult
+) -> list[_Chunk]:
+    """The run's steps in order, one per loss and format and one for the corpus; notes
+    unavailable and unsupported implementations."""
+    steps: dict[tuple[str, str], list[Any]] = {}
+    for loss, fmt, regime in _groups(config) if draw else ():
+        impls = _implementations(config, loss, fmt, result)
+        if regime in get_loss(loss).params:  # an option's regime: for those that take it
+            impls = [impl for impl in impls if regime in (impl.params or ())]
+        if impls:
+            steps.setdefault((loss, fmt), []).append(((loss, fmt, regime), tuple(impls)))
+    chunks = [_Chunk(f"{loss} {fmt}", tuple(groups)) for (loss, fmt), groups in steps.items()]
+    selected = []
+    for case in _selected_corpus(config, corpus):
+        impls = _implementations(config, case.loss.name, case.format.name, result)
+        if impls:
+            selected.append((case, tuple(impls)))
+    if selected:
+        chunks.append(_Chunk(f"corpus ({len(selected)} cases)", corpus=tuple(selected)))
+    return chunks
+
+
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]]:
+    """A ``map`` (results in order) over ``jobs`` forked processes that ignore SIGINT and
+    die with this one (``concurrent.futures``: a process that dies breaks the map, it does
+    not hang it); the builtin ``map`` for one job, or where processes cannot fork."""
+    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield map
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"),
+                               initializer=_pool_process, initargs=(os.getpid(),))  # fmt: skip
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pool_process(parent: int) -> None:
+    _signals.child_signals()
+    _signals.die_with_parent(parent)
+
+
+def _drawn(task: tuple[str, str, str, int, int, int]) -> tuple[list[Case], list[Case], float]:
+    """A group's drawn cases and search candidates (none already drawn), and the seconds
+    drawing took."""
+    loss, fmt, regime, examples, search, seed = task
+    start = time.perf_counter()
+    drawn = draw_cases(loss, fmt, regime, examples, seed)
+    ids = {case.id for case in drawn}
+    more = draw_cases(loss, fmt, regime, search, seed, "search") if search else []
+    return drawn, [c for c in more if c.id not in ids], time.perf_counter() - start
+
+
+def _exact(task: tuple[Case, bool]) -> dict[str, Any] | str:
+    """The oracle's answer for a case in a form that crosses processes (``to_state``), or
+    why it gave up."""
+    case, grad = task
+    try:
+        return to_state(Cache(default_directory()).evaluate(case, grad))
+    except PrecisionLimitReached as exc:
+        return f"{case.id}: {exc}"
+
+
+def _measure(
+    chunk: _Chunk,
+    config: AuditConfig,
+    runners: Runners,
+    pool: Any,
+    into: AuditResult,
+    step: Callable[[str, float], None],
+) -> None:
+    """Measure one step: draw its cases, evaluate the oracle on each, call every
+    implementation on the cases it takes (batched, ``Runners.run_jobs``), and add the
+    rows, group by group and case by case, implementations in order; of a group's search
+    candidates, each implementation keeps its worst (origin ``search``)."""
+    # 1. the cases: (origin, case, implementations) per group, in order
+    tasks = []
+    for (loss, fmt, regime), _ in chunk.groups:
+        examples = min(config.examples, get_regime(regime).max_examples or config.examples)
+        search = config.search if get_regime(regime).searched else 0
+        tasks.append((loss, fmt, regime, examples, search, config.seed))
+    step("drawing cases", 0.0)
+    planned: list[list[tuple[str, Case, tuple[Implementation, ...]]]] = []
+    for (_, impls), (drawn, searched, seconds) in zip(chunk.groups, pool(_drawn, tasks)):
+        into.spent("draw", seconds)
+        planned.append([("drawn", c, impls) for c in drawn]
+                       + [("search", c, impls) for c in searched])  # fmt: skip
+    planned += [[("corpus", case, impls)] for case, impls in chunk.corpus]
+    # 2. the oracle, once per case that some implementation takes
+    unique: dict[str, Case] = {}
+    for cases in planned:
+        for _, case, impls in cases:
+            if any(impl.takes(case) for impl in impls):
+                unique.setdefault(case.id, case)
+    step(f"the oracle on {len(unique)} cases", 0.1)
+    exact: dict[str, OracleResult] = {}
+    answers = pool(_exact, [(case, config.grad) for case in unique.values()])
+    for case, state in zip(unique.values(), answers):
+        if isinstance(state, str):
+            into.oracle_failures.append(state)
+            continue
+        exact[case.id] = from_state(state, case)
+        _count(into, exact[case.id])
+    # 3. the calls: per implementation, every case it takes, batched
+    wanted: dict[str, tuple[Implementation, dict[str, Case]]] = {}
+    for cases in planned:
+        for _, case, impls in cases:
+            for impl in impls:
+                if case.id in exact and impl.takes(case):
+                    wanted.setdefault(impl.name, (impl, {}))[1].setdefault(case.id, case)
+    jobs = [(impl, list(cases.values())) for impl, cases in wanted.values()]
+    outcomes: dict[tuple[str, str], Outcome] = {}
+    before, calls, called_so_far = runners.seconds(), sum(len(c) for _, c in jobs) or 1, 0
+
+    def starting(index: int, fresh: bool) -> None:
+        impl, cases = jobs[index]
+        what = f"starting {impl.library}, " if fresh else ""
+        step(f"{what}calling {impl.name} on {len(cases)} cases",
+             0.3 + 0.6 * called_so_far / calls)  # fmt: skip
+
+    for index, answers in runners.run_jobs(jobs, config.grad, starting):
+        impl, called = jobs[index]
+        called_so_far += len(called)
+        for case, outcome in zip(called, answers):
+            outcomes[impl.name, case.id] = outcome
+    for kind, seconds in runners.seconds().items():
+        into.spent(kind, seconds - before.get(kind, 0.0))
+    # 4. the rows, in order
+    step("measuring", 0.9)
+    for cases in planned:
+        worst: dict[str, tuple[float, Case, list[dict[str, Any]]]] = {}
+        for origin, case, impls in cases:
+            for impl in impls:
+                outcome = outcomes.get((impl.name, case.id))
+                if outcome is None:
+                    continue
+                if outcome.status == UNSUPPORTED:
+                    into.turned_down(impl.name, case.format.name, outcome.note)
+                    continue
+                rows = _measured(into, impl, case, exact[case.id], outcome, config, origin)
+                if origin == "search":
+                    score = max(map(findings_score, rows))
+                    if impl.name not in worst or score > worst[impl.name][0]:
+                        worst[impl.name] = (score, case, rows)
+                    continue
+                into.cases[case.id] = case
+                into.rows.extend(rows)
+        for impl in cases[-1][2] if worst else ():
+            if impl.name in worst:
+                _, case, rows = worst[impl.name]
+                into.cases[case.id] = case
+                into.rows.extend(rows)
 
 
 def _measured(
@@ -328,354 +605,6 @@ def _measured(
     rows = list(_rows(impl, case, exact, outcome, config, origin))
     into.spent("measure", time.perf_counter() - start)
     return rows
-
-
-def search_worst(
-    impl: Implementation,
-    runner: Runner,
-    group: tuple[str, str, str],
-    config: AuditConfig,
-    into: AuditResult | None = None,
-) -> tuple[Case, list[dict[str, Any]]] | None:
-    """The case of ``group`` with the most bits of error that ``config.search`` targeted
-    examples find for ``impl`` (hard failures score above any finite error); ``into``
-    counts the oracle's results by path and notes a format the library turns down."""
-    from hypothesis import HealthCheck, Phase, assume, given, settings, target
-    from hypothesis import seed as fixed_seed
-    from hypothesis.errors import Unsatisfiable
-
-    loss, fmt, regime = group
-    best: list[Any] = [-1.0, None, None]
-    into = AuditResult() if into is None else into
-
-    @fixed_seed(group_seed(config.seed, loss, fmt, regime) ^ zlib.crc32(impl.name.encode()))
-    @settings(
-        max_examples=config.search,
-        database=None,
-        phases=[Phase.generate, Phase.target],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(case_strategy(loss, fmt, regime))
-    def probe(case: Case) -> None:
-        assume(impl.takes(case))
-        try:
-            exact = oracle(case, config.grad, into)
-        except PrecisionLimitReached:
-            assume(False)
-        outcome = runner.call(impl, case, config.grad)
-        if outcome.status == UNSUPPORTED:
-            into.turned_down(impl.name, fmt, outcome.note)
-            assume(False)
-        rows = _measured(into, impl, case, exact, outcome, config, "search")
-        score = max(map(findings_score, rows))
-        target(score, label="bits of error")
-        if score > best[0]:
-            best[:] = [score, case, rows]
-
-    with independent_of_imports():
-        try:
-            probe()
-        except Unsatisfiable:  # no case the implementation takes, or the oracle decides
-            pass
-    return None if best[1] is None else (best[1], best[2])
-
-
-def run_audit(
-    config: AuditConfig,
-    progress: Callable[[str, int, int], None] | None = None,
-    checkpoint: Callable[[AuditResult], None] | None = None,
-    corpus: Sequence[Case] = (),
-    draw: bool = True,
-) -> AuditResult:
-    """Run the audit; ``checkpoint`` is called after every task (a group, or a slice of the
-    corpus) with the rows so far, and ``progress`` as each task starts.
-
-    ``corpus`` cases (a regression corpus) are measured after the drawn ones, with origin
-    ``corpus``, when their loss and format are selected; ``draw=False`` measures only them.
-    With more than one task and ``config.jobs`` above 1 (by default, one per core) the
-    tasks run in that many processes; their rows are merged in task order, so the result
-    is the same as with ``jobs=1``. An interrupt (Ctrl-C) stops the run and returns what
-    was measured (whole tasks, in order, when running in processes), with ``interrupted``
-    set.
-    """
-    config = config.validated()
-    start = time.perf_counter()
-    result = AuditResult(without_gradients=config.without_gradients())
-    tasks = _tasks(config, corpus, draw, result)
-    jobs = min(config.jobs or CORES, len(tasks))
-    if "fork" not in multiprocessing.get_all_start_methods():
-        jobs = 1  # each process inherits the parent's implementations by forking
-
-    def merge(part: AuditResult) -> None:
-        result.add(part)
-        if checkpoint:
-            start = time.perf_counter()
-            checkpoint(result)
-            result.spent("checkpoint", time.perf_counter() - start)
-
-    try:
-        if jobs > 1:
-            _in_processes(tasks, config, jobs, progress, merge)
-        else:
-            runners = Runners(config.timeout, CORES)  # calls at once: all cores
-            try:
-                for number, task in enumerate(tasks, 1):
-                    if progress:
-                        progress(task.label, number, len(tasks))
-                    part = AuditResult()
-                    _run_task(task, config, runners, part)
-                    merge(part)  # whole tasks only: an interrupt drops the task it stops
-            finally:
-                runners.close()
-    except KeyboardInterrupt:
-        result.interrupted = True
-    result.phases["measure"] = time.perf_counter() - start
-    try:
-        _find(result, config, max(FINDINGS_SHARE * result.phases["measure"], FINDINGS_FLOOR))
-    except KeyboardInterrupt:
-        result.interrupted = True
-    finally:
-        result.phases["findings"] = time.perf_counter() - start - result.phases["measure"]
-        result.seconds = time.perf_counter() - start
-    return result
-
-
-def _find(result: AuditResult, config: AuditConfig, budget: float) -> None:
-    """Group the rows into findings (``finding`` column); unless the run was interrupted
-    or ``config.investigate`` is off, bisect their onsets, shrink their cases and look for
-    shapes within ``budget`` seconds, calling implementations through the runner (an
-    interrupt there keeps the grouping)."""
-    documented = {name: dict(impl.documented) for name, impl in result.implementations.items()}
-    result.findings = group(result.rows, result.cases, documented)
-    for finding in result.findings:
-        for position in finding.rows:
-            result.rows[position]["finding"] = finding.id
-    if not config.investigate or result.interrupted or not result.findings:
-        return
-    runners = Runners(config.timeout, 1)
-    pairs = dict.fromkeys((row["implementation"], row["loss"]) for row in result.rows)
-    try:
-        impls = {pair: _implementation(*pair, config.timeout) for pair in pairs}
-        result.investigation = investigate(
-            result.findings, result.rows, result.cases, impls,
-            lambda impl, case, grad: runners.get(impl).call(impl, case, grad),
-            config.max_ulps, budget,
-        )  # fmt: skip
-    finally:
-        runners.close()
-    result.findings = sorted(result.findings + result.investigation.shapes, key=lambda f: f.rank)
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One unit of an audit's work: the drawn cases (and searches) of a ``group`` with the
-    implementations ``impls``, or a slice of the corpus."""
-
-    label: str
-    impls: tuple[Implementation, ...]
-    group: tuple[str, str, str] | None = None
-    corpus: tuple[tuple[Case, tuple[Implementation, ...]], ...] = ()  # with their impls
-
-
-CORPUS_SLICE = 16  # corpus cases per task
-
-
-def _tasks(
-    config: AuditConfig, corpus: Sequence[Case], draw: bool, result: AuditResult
-) -> list[_Task]:
-    """The run's tasks in order; notes unavailable and unsupported implementations."""
-    tasks = []
-    for loss, fmt, regime in _groups(config) if draw else ():
-        impls = _implementations(config, loss, fmt, result)
-        if regime in get_loss(loss).params:  # an option's regime: for those that take it
-            impls = [impl for impl in impls if regime in (impl.params or ())]
-        if impls:
-            tasks.append(_Task(f"{loss} {fmt} {regime}", tuple(impls), (loss, fmt, regime)))
-    selected = []
-    for case in _selected_corpus(config, corpus):
-        impls = _implementations(config, case.loss.name, case.format.name, result)
-        if impls:
-            selected.append((case, tuple(impls)))
-    for first in range(0, len(selected), CORPUS_SLICE):
-        part = tuple(selected[first : first + CORPUS_SLICE])
-        label = f"corpus {first + 1}-{first + len(part)} of {len(selected)}"
-        tasks.append(_Task(label, (), corpus=part))
-    return tasks
-
-
-def _run_task(task: _Task, config: AuditConfig, runners: Runners, into: AuditResult) -> None:
-    """Measure ``task``'s cases, adding rows, cases, oracle failures and counts to ``into``;
-    an implementation whose library turns the format down is noted once and left out."""
-
-    def supported(impls: Sequence[Implementation], fmt: str) -> list[Implementation]:
-        return [impl for impl in impls if fmt not in into.unsupported.get(impl.name, {})]
-
-    def measure_case(case: Case, impls: Sequence[Implementation], origin: str) -> None:
-        impls = [impl for impl in supported(impls, case.format.name) if impl.takes(case)]
-        if not impls:
-            return
-        try:
-            exact = oracle(case, config.grad, into)
-        except PrecisionLimitReached as exc:
-            into.oracle_failures.append(f"{case.id}: {exc}")
-            return
-        into.cases[case.id] = case
-        for impl, outcome in runners.run(impls, case, config.grad):
-            if outcome.status == UNSUPPORTED:
-                into.turned_down(impl.name, case.format.name, outcome.note)
-            else:
-                into.rows.extend(_measured(into, impl, case, exact, outcome, config, origin))
-
-    before = runners.seconds()
-    if task.group is not None:
-        loss, fmt, regime = task.group
-        examples = min(config.examples, get_regime(regime).max_examples or config.examples)
-        start = time.perf_counter()
-        drawn = draw_cases(loss, fmt, regime, examples, config.seed)
-        into.spent("draw", time.perf_counter() - start)
-        for case in drawn:
-            measure_case(case, task.impls, "drawn")
-        if config.search and get_regime(regime).searched:
-            for impl in supported(task.impls, fmt):
-                start, work = time.perf_counter(), sum(into.work.values())
-                calls = sum(runners.seconds().values())
-                found = search_worst(impl, runners.get(impl), task.group, config, into)
-                inside = sum(into.work.values()) - work + sum(runners.seconds().values()) - calls
-                into.spent("draw", time.perf_counter() - start - inside)  # hypothesis's part
-                if found is not None:
-                    case, rows = found
-                    into.cases[case.id] = case
-                    into.rows.extend(rows)
-    for case, impls in task.corpus:
-        measure_case(case, impls, "corpus")
-    for kind, seconds in runners.seconds().items():
-        into.spent(kind, seconds - before.get(kind, 0.0))
-
-
-def _in_processes(
-    tasks: list[_Task],
-    config: AuditConfig,
-    jobs: int,
-    progress: Callable[[str, int, int], None] | None,
-    merge: Callable[[AuditResult], None],
-) -> None:
-    """Run ``tasks`` in ``jobs`` forked processes (each with its own implementation
-    processes, sharing the cores between them), passing each task's result to ``merge``
-    in task order."""
-    context = multiprocessing.get_context("fork")
-    parallel = max(1, CORES // jobs)
-    workers = []
-    for _ in range(jobs):
-        conn, child = context.Pipe()
-        ends = [c for _, c in workers] + [conn]  # the parent's, for the child to close
-        process = context.Process(
-            target=_work, args=(child, ends, tasks, config, parallel, os.getpid())
-        )
-        process.start()
-        child.close()
-        workers.append((process, conn))
-    waiting = iter(range(len(tasks)))
-    busy: dict[Any, int] = {}
-    done: dict[int, AuditResult] = {}
-    merged = 0
-
-    def dispatch(conn: Any) -> None:
-        index = next(waiting, None)
-        if index is not None:
-            if progress:
-                progress(tasks[index].label, index + 1, len(tasks))
-            conn.send(index)
-            busy[conn] = index
-
-    by_sentinel = {process.sentinel: conn for process, conn in workers}
-    finished = False
-    try:
-        for _, conn in workers:
-            dispatch(conn)
-        while busy:
-            # a worker's sentinel too: its runners hold its end of the pipe after it dies
-            watched = list(busy) + [p.sentinel for p, c in workers if c in busy]
-            free = []
-            for ready in multiprocessing.connection.wait(watched):
-                conn = by_sentinel.get(ready, ready)
-                if conn not in busy:
-                    continue  # both its pipe and its sentinel were ready
-                index = busy.pop(conn)
-                try:
-                    if not conn.poll():
-                        raise EOFError
-                    outcome = conn.recv()
-                except (EOFError, OSError):
-                    if _signals.received():
-                        raise KeyboardInterrupt from None  # stopped with us by the signal
-                    raise RuntimeError(
-                        f"an audit process died while measuring {tasks[index].label}"
-                    ) from None
-                if isinstance(outcome, str):
-                    raise RuntimeError(f"measuring {tasks[index].label} failed:\n{outcome}")
-                done[index] = outcome
-                free.append(conn)
-            while merged in done:
-                merge(done.pop(merged))
-                merged += 1
-            while free:
-                dispatch(free.pop())
-        finished = True
-    finally:
-        for process, conn in workers:
-            if finished:
-                with contextlib.suppress(OSError):
-                    conn.send(None)  # the worker closes its runners and exits
-            else:
-                process.terminate()  # SIGTERM: the same, at once
-            conn.close()
-        for process, _ in workers:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-
-def _work(
-    conn: Any, ends: list[Any], tasks: list[_Task], config: AuditConfig, parallel: int,
-    parent: int,
-) -> None:  # fmt: skip
-    """An audit process: run the tasks whose index arrives on ``conn``, send back each
-    one's ``AuditResult`` (or the traceback of a failure), until ``None`` or the end of the
-    pipe arrives. ``ends`` are the parent's ends of the pipes, inherited by the fork: closed
-    here, so that the parent's exit reaches every worker as the end of its pipe. SIGTERM,
-    or the parent's death, stops it after closing its implementation processes."""
-    import signal
-    import traceback
-
-    for end in ends:
-        end.close()
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    _signals.child_signals()
-    signal.signal(signal.SIGTERM, stop)
-    _signals.die_with_parent(parent, signal.SIGTERM)
-    runners = Runners(config.timeout, parallel)
-    try:
-        while True:
-            try:
-                index = conn.recv()
-            except EOFError:
-                return
-            if index is None:
-                return
-            part = AuditResult()
-            try:
-                _run_task(tasks[index], config, runners, part)
-            except Exception:
-                conn.send(traceback.format_exc())
-            else:
-                conn.send(part)
-    finally:
-        runners.close()
 
 
 def _selected_corpus(config: AuditConfig, corpus: Sequence[Case]) -> list[Case]:
@@ -804,20 +733,3 @@ def _columns(m: Measurement) -> dict[str, Any]:
         "expected": m.expected,
         "got": m.got,
     }
-
-
-def terminal_progress() -> Callable[[str, int, int], None] | None:
-    """A one-line progress display on a terminal; None (quiet) in CI or when piped."""
-    if os.environ.get("CI") or not sys.stderr.isatty():
-        return None
-    start = time.perf_counter()
-
-    def show(label: str, number: int, total: int) -> None:
-        width = 24
-        done = int(width * (number - 1) / total)
-        elapsed = time.perf_counter() - start
-        bar = "#" * done + "-" * (width - done)
-        sys.stderr.write(f"\r[{bar}] {number}/{total} {elapsed:6.0f}s {label:<60.60}")
-        sys.stderr.flush()
-
-    return show

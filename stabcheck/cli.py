@@ -488,7 +488,8 @@ def _finite_or_text(x: float) -> float | str:
 
 def _audit(args: argparse.Namespace) -> int:
     from stabcheck._files import output_directory
-    from stabcheck.audit import AuditConfig, run_audit, terminal_progress
+    from stabcheck._progress import terminal_progress
+    from stabcheck.audit import AuditConfig, run_audit
     from stabcheck.report import Checkpoint, write_report
 
     given = {k: v for k, v in _given(args).items() if v is not None}
@@ -497,11 +498,8 @@ def _audit(args: argparse.Namespace) -> int:
     if config.without_gradients():
         print(f"note: --grad: values only for {', '.join(config.without_gradients())} "
               "(numpy functions without a gradient)", file=sys.stderr)  # fmt: skip
-    result = run_audit(
-        config,
-        progress=terminal_progress(),
-        checkpoint=Checkpoint(out),
-    )
+    with terminal_progress() as progress:
+        result = run_audit(config, progress=progress, checkpoint=Checkpoint(out))
     paths = write_report(result, config, out)
     frame = result.frame()
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
@@ -535,30 +533,29 @@ def _gate(args: argparse.Namespace) -> int:
     import os
 
     from stabcheck._files import writable_file
-    from stabcheck.audit import terminal_progress
+    from stabcheck._progress import terminal_progress
     from stabcheck.gate import Tolerance, run_gate
 
     if args.accept_errors and not args.update:
         raise InvalidArgument("--accept-errors says what --update may record; add --update")
     summary = writable_file(args.summary, "--summary") if args.summary is not None else None
     try:
-        outcome = run_gate(
-            args.baseline,
-            _given(args),
-            update=args.update,
-            corpus_file=args.corpus,
-            add_cases=args.add_case or (),
-            save_failures=args.save_failures,
-            tolerance=Tolerance(args.tolerance_ulps, args.tolerance_fraction),
-            progress=terminal_progress(),
-            accept_errors=args.accept_errors,
-        )
+        with terminal_progress() as progress:
+            outcome = run_gate(
+                args.baseline,
+                _given(args),
+                update=args.update,
+                corpus_file=args.corpus,
+                add_cases=args.add_case or (),
+                save_failures=args.save_failures,
+                tolerance=Tolerance(args.tolerance_ulps, args.tolerance_fraction),
+                progress=progress,
+                accept_errors=args.accept_errors,
+            )
     except KeyboardInterrupt:
         print(f"stabcheck gate: stopped by {_stop_name()}; nothing compared or written",
               file=sys.stderr)  # fmt: skip
         return _signals.exit_status()
-    if terminal_progress() is not None:
-        print(file=sys.stderr)
     for note in outcome.notes:
         print(f"note: {note}", file=sys.stderr)
     if outcome.added:

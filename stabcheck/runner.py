@@ -10,17 +10,28 @@ that does not take the case's format (``UnsupportedFormat``) one with status
 a call printed is quoted in its error note), ignores SIGINT (the parent decides when to
 stop) and dies with its parent. ``check_user`` imports a user's module in such a child
 first, so that an import that exits or hangs is an error message, not the end of the run.
+
+``Runners.run_jobs`` runs many cases per implementation, batched on the backends that
+compile per shape (``BATCHED_BACKENDS``): cases of one loss and format whose rows are alike
+in shape and options (``batch_key``) go to the implementation as the rows of one call,
+padded to a power of two rows with copies of the first (so that a JIT compiler sees few
+shapes; the padding's answers are dropped), and the answer is split back into one
+``Outcome`` per case. A batch that fails (raises, hangs, crashes) is called again case by
+case, so that a failure belongs to the case that causes it and the others are measured
+as if called alone.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +55,14 @@ RUNNER_MEMORY = 2 * 2**30  # bytes: an implementation process past this peak is 
 OUTPUT_LIMIT = 2**20  # bytes of a child's captured output kept before it starts afresh
 QUOTED_OUTPUT = 300  # characters of a failing call's output quoted in its note
 FORK = "fork" in multiprocessing.get_all_start_methods()
+ROWS_PER_CALL = 256  # rows stacked into one call at most (a larger case goes alone)
+# Backends whose cases are batched. JAX compiles every new shape (0.4-0.6 s a call here,
+# 5-10 ms once compiled), and its results were the same batched or not, to the bit, for every
+# loss and format it implements. torch and TensorFlow compile nothing, and compute an element
+# of an elementwise loss differently by where it falls in the array (a vector loop or its
+# scalar tail): batched, 1 to 7 of 20 float32 and float64 cases changed. Their cases go alone.
+BATCHED_BACKENDS = frozenset({"jax"})
+ENTRIES_PER_CALL = 2**18  # predictions stacked into one call at most
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,58 @@ class Runners:
             batch.append(impl)
         yield from self._collect(batch)
 
+    def run_jobs(
+        self,
+        jobs: Sequence[tuple[Implementation, Sequence[Case]]],
+        grad: bool,
+        starting: Callable[[int, bool], None] | None = None,
+    ) -> Iterator[tuple[int, list[Outcome]]]:
+        """Run each job (an implementation and its cases, batched: ``batched``) and yield
+        its index and one outcome per case as it finishes; ``starting(index, fresh)`` is
+        told as a job starts, ``fresh`` when its process has yet to start (import its
+        framework). A runner does its jobs in the order given, at most ``parallel`` runners
+        at once, each keeping its framework (and what it compiled) from one job to the
+        next."""
+        queues: dict[Runner, deque[int]] = {}
+        for index, (impl, _) in enumerate(jobs):
+            queues.setdefault(self.get(impl), deque()).append(index)
+        waiting = deque(queues)
+        active: dict[Runner, tuple[int, Generator[Case, Outcome, list[Outcome]]]] = {}
+        finished: list[tuple[int, list[Outcome]]] = []
+
+        def advance(runner: Runner, index: int, steps: Any, outcome: Outcome | None) -> None:
+            while True:
+                try:
+                    case = next(steps) if outcome is None else steps.send(outcome)
+                except StopIteration as stop:
+                    finished.append((index, stop.value))
+                    if not queues[runner]:
+                        active.pop(runner, None)
+                        return
+                    index = queues[runner].popleft()
+                    steps, outcome = batched(*jobs[index]), None
+                    if starting:
+                        starting(index, runner.process is None)
+                    continue
+                runner.submit(jobs[index][0], case, grad)
+                active[runner] = (index, steps)
+                return
+
+        while waiting or active or finished:
+            while waiting and len(active) < self.parallel:
+                runner = waiting.popleft()
+                index = queues[runner].popleft()
+                if starting:
+                    starting(index, runner.process is None)
+                advance(runner, index, batched(*jobs[index]), None)
+            yield from finished
+            finished.clear()
+            if not active:
+                continue
+            for runner in _ready(list(active)):
+                index, steps = active[runner]
+                advance(runner, index, steps, runner.result())
+
     def _collect(self, batch: list[Implementation]) -> Iterator[tuple[Implementation, Outcome]]:
         for impl in batch:
             yield impl, self.get(impl).result()
@@ -149,6 +220,114 @@ class Runners:
     def close(self) -> None:
         for runner in self.runners.values():
             runner.close()
+
+
+def _ready(runners: list[Runner]) -> list[Runner]:
+    """The runners whose call has answered, or is past its time limit (``Runner.result``
+    then decides), waiting until there is one."""
+    waits = {runner: runner.waiting_on() for runner in runners}
+    now = time.perf_counter()
+    due = [r for r, (conn, deadline) in waits.items() if conn is None or deadline <= now]
+    if due:
+        return due
+    by_conn = {conn: runner for runner, (conn, _) in waits.items()}
+    left = min(deadline for _, deadline in waits.values()) - now
+    ready = multiprocessing.connection.wait(list(by_conn), timeout=max(left, 0.0))
+    if ready:
+        return [by_conn[conn] for conn in ready]
+    now = time.perf_counter()
+    return [r for r, (_, deadline) in waits.items() if deadline <= now]
+
+
+def batch_key(case: Case) -> tuple[Any, ...] | None:
+    """What cases must share to be called as the rows of one case: the loss, format, shape
+    of a row and options; None for a case called alone (a reduced case is one loss of all
+    its rows; the gradients of a linear loss's operands sum over its rows)."""
+    if case.reduced or case.operands:
+        return None
+    params = case.to_dict()["params"]
+    return (case.loss.name, case.format.name, case.predictions.shape[1:],
+            case.labels.shape[1:], repr(sorted(params.items())))  # fmt: skip
+
+
+def batches(cases: Sequence[Case]) -> list[list[int]]:
+    """The cases' indices in calls: those with one ``batch_key`` together, in order, at
+    most ``ROWS_PER_CALL`` rows and ``ENTRIES_PER_CALL`` predictions a call."""
+    groups: dict[Any, list[list[int]]] = {}
+    calls: list[list[int]] = []
+    for i, case in enumerate(cases):
+        key = batch_key(case)
+        if key is None:
+            calls.append([i])
+            continue
+        if key not in groups:
+            groups[key] = [[]]
+            calls.append(groups[key][0])
+        last = groups[key][-1]
+        rows = sum(len(cases[j].predictions) for j in last) + len(case.predictions)
+        entries = rows * int(np.prod(case.predictions.shape[1:], dtype=np.int64))
+        if last and (rows > ROWS_PER_CALL or entries > ENTRIES_PER_CALL):
+            last = []
+            groups[key].append(last)
+            calls.append(last)
+        last.append(i)
+    return calls
+
+
+def stacked(cases: Sequence[Case]) -> Case:
+    """The cases' rows as one case, padded with copies of the first row to a power of two
+    rows (a JIT compiler then sees few shapes)."""
+    first = cases[0]
+    if len(cases) == 1:
+        return first
+    rows = sum(len(c.predictions) for c in cases)
+    pad = (1 << (rows - 1).bit_length()) - rows
+    preds = np.concatenate([c.predictions for c in cases] + [first.predictions[:1]] * pad)
+    labels = np.concatenate([c.labels for c in cases] + [first.labels[:1]] * pad)
+    return Case(first.loss, first.format, preds, labels, first.params, first.regime)
+
+
+def split(outcome: Outcome, cases: Sequence[Case]) -> list[Outcome]:
+    """One outcome per case of a ``stacked`` call (the padding's rows dropped)."""
+    if len(cases) == 1:
+        return [outcome]
+    out, start = [], 0
+    for case in cases:
+        end = start + len(case.predictions)
+        gradient = None if outcome.gradient is None else outcome.gradient[start:end]
+        out.append(Outcome(outcome.values[start:end], gradient, outcome.status, outcome.note))
+        start = end
+    return out
+
+
+def batched(
+    impl: Implementation, cases: Sequence[Case]
+) -> Generator[Case, Outcome, list[Outcome]]:
+    """Calls ``impl`` on ``cases`` in ``batches`` (one by one unless its backend is one of
+    ``BATCHED_BACKENDS``): yields each call's case, is sent its outcome, returns one
+    outcome per case. A batch that fails is called again case by
+    case; once a format is turned down (``unsupported``), its other cases are not called."""
+    out: list[Outcome | None] = [None] * len(cases)
+    refused: dict[str, Outcome] = {}
+    together = impl.backend in BATCHED_BACKENDS
+    for indices in batches(cases) if together else [[i] for i in range(len(cases))]:
+        fmt = cases[indices[0]].format.name
+        if fmt in refused:
+            for i in indices:
+                out[i] = refused[fmt]
+            continue
+        outcome = yield stacked([cases[i] for i in indices])
+        if outcome.status == UNSUPPORTED:
+            refused[fmt] = outcome
+            for i in indices:
+                out[i] = outcome
+        elif outcome.values is not None or len(indices) == 1:
+            for i, one in zip(indices, split(outcome, [cases[i] for i in indices])):
+                out[i] = one
+        else:
+            for i in indices:
+                out[i] = yield cases[i]
+    return out  # type: ignore[return-value]
 
 
 class Runner:
@@ -189,6 +368,12 @@ class Runner:
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send((impl.loss, impl.name, case, grad))
+
+    def waiting_on(self) -> tuple[Any, float]:
+        """What to wait on for this call's answer (None: it is there) and its deadline."""
+        if self.pending is not None:
+            return None, self.started
+        return self.conn, self.started + self.timeout
 
     def result(self) -> Outcome:
         if self.pending is not None:

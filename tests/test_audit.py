@@ -171,16 +171,20 @@ def test_cases_are_deterministic_per_seed():
 def test_an_interrupted_audit_keeps_what_it_measured():
     seen = []
 
-    def progress(label, number, total):
-        seen.append(label)
-        if number == 2:
+    def progress(what, done, total):
+        seen.append((what, done, total))
+        if what.startswith("binary_crossentropy float32"):  # the second step
             raise KeyboardInterrupt
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], examples=2, search=0, jobs=1)  # fmt: skip
+                         formats=["float64", "float32"], examples=2, search=0, jobs=1)  # fmt: skip
     result = run_audit(config, progress=progress)
-    assert result.interrupted and len(seen) == 2
-    assert set(result.frame()["regime"]) == {"moderate"}
+    assert result.interrupted
+    assert set(result.frame()["format"]) == {"float64"}  # the first step, whole
+    # the progress counts the planned calls, each step's share once
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+    assert 0 < seen[-1][1] < seen[-1][2]
+    assert any("drawing" in w for w, _, _ in seen) and any("calling naive" in w for w, _, _ in seen)
 
 
 @pytest.fixture
@@ -221,29 +225,33 @@ def test_processes_give_the_same_result_as_one_and_leave_nothing_running(runner_
     one = run_audit(AuditConfig(**PARALLEL_CONFIG, jobs=1), corpus=corpus)
     seen = []
     two = run_audit(AuditConfig(**PARALLEL_CONFIG, jobs=2), corpus=corpus,
-                    progress=lambda label, number, total: seen.append(number))  # fmt: skip
+                    progress=lambda what, done, total: seen.append(what))  # fmt: skip
     assert one.frame().equals(two.frame()) and len(two.rows) > 50
     assert set(two.frame()["origin"]) == {"drawn", "search", "corpus"}
     assert list(one.cases) == list(two.cases) and one.oracle_units == two.oracle_units
-    assert sorted(seen) == list(range(1, 7))  # 2 + 3 groups (no wide binary), the corpus
+    steps = list(dict.fromkeys(what.split(":")[0] for what in seen))
+    assert steps == ["binary_crossentropy float32", "sparse_softmax_cross_entropy_with_logits "
+                     "float32", "corpus (1 cases)"]  # fmt: skip
     pids = runner_pids()
-    # naive and stable share a process: one with jobs=1, one per job; and in each run one
-    # more, in which the findings' onsets are searched
-    assert len(pids) == 5
+    # naive and stable share a process, which measures and searches the findings: one per run
+    assert len(pids) == 2
     assert not [pid for pid in pids if _alive(pid)]
 
 
-def test_an_interrupted_run_in_processes_keeps_whole_tasks_in_order(runner_pids):
-    def progress(label, number, total):
-        if number == 3:
+def test_an_interrupted_run_in_processes_keeps_whole_steps_in_order(runner_pids):
+    from stabcheck import audit
+
+    def progress(what, done, total):
+        if what.startswith("binary_crossentropy float32") and "calling" in what:
             raise KeyboardInterrupt
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], examples=2, search=0, jobs=2)  # fmt: skip
+                         formats=["float64", "float32"], examples=2, search=0, jobs=2)  # fmt: skip
     result = run_audit(config, progress=progress)
-    regimes = list(dict.fromkeys(result.frame()["regime"]))
-    assert result.interrupted
-    assert regimes in ([], ["moderate"], ["moderate", "saturating"])
+    frame = result.frame()
+    assert result.interrupted and set(frame["format"]) == {"float64"}
+    regimes = [r for loss, fmt, r in audit._groups(config.validated()) if fmt == "float64"]
+    assert list(dict.fromkeys(frame["regime"])) == regimes and len(regimes) > 3
     assert not [pid for pid in runner_pids() if _alive(pid)]
 
 
@@ -251,34 +259,39 @@ def test_an_implementation_process_past_its_memory_limit_is_replaced(runner_pids
     from stabcheck import runner
 
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
-                         formats=["float64"], regimes=["moderate"], examples=3, search=0,
-                         jobs=1)  # fmt: skip
+                         formats=["float64"], regimes=["moderate", "saturating"], examples=3,
+                         search=0, jobs=1, investigate=False)  # fmt: skip
+    monkeypatch.setattr(runner, "BATCHED_BACKENDS", {"numpy"})  # naive's calls batched too
     kept = run_audit(config).frame()
     assert len(runner_pids()) == 1
     monkeypatch.setattr(runner, "RUNNER_MEMORY", 0)
     replaced = run_audit(config).frame()
-    assert len(runner_pids()) == 1 + 3  # a fresh process for each of the 3 calls
+    drawn = [c for r in ("moderate", "saturating") for c in draw_cases(
+        "binary_crossentropy", "float64", r, 3, 0)]  # fmt: skip
+    calls = len(runner.batches(drawn))
+    assert 1 < calls < len(drawn)  # some batched, some not
+    assert len(runner_pids()) == 1 + calls  # a fresh process for each call
     assert kept.equals(replaced)
 
 
-def test_a_process_that_fails_or_dies_stops_the_run_with_the_task_named(monkeypatch):
+def test_a_process_that_fails_or_dies_stops_the_run_with_the_step_named(monkeypatch):
     import os
 
     from stabcheck import audit
 
-    run_task = audit._run_task
+    drawn = audit._drawn
 
-    def broken(task, *args):
-        if task.group[2] == "tiny":
+    def broken(task):
+        if task[2] == "tiny":
             os._exit(9)
-        if task.group[2] == "saturating":
+        if task[2] == "saturating":
             raise ValueError("a bug")
-        return run_task(task, *args)
+        return drawn(task)
 
-    monkeypatch.setattr(audit, "_run_task", broken)
+    monkeypatch.setattr(audit, "_drawn", broken)
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
                          formats=["float64"], examples=1, search=0, jobs=2)  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"binary_crossentropy float64 (tiny|saturating)"):
+    with pytest.raises(RuntimeError, match=r"binary_crossentropy float64"):
         run_audit(config)
 
 
@@ -357,11 +370,12 @@ def test_a_call_that_times_out_once_is_retried_in_a_fresh_process(user_module, t
 
 
 def test_the_oracle_s_results_are_counted_by_path():
-    from stabcheck.audit import oracle
+    from stabcheck.audit import AuditResult, oracle
 
-    units = {"fast": 0, "mpmath": 0}
+    into = AuditResult()
     x = np.linspace(-3, 3, 24)
-    oracle(Case.build("sigmoid_cross_entropy_with_logits", x, np.full(24, 0.25)), True, units)
-    assert units == {"fast": 24, "mpmath": 0}  # ordinary elements: all on the fast path
-    oracle(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False, units)
-    assert units == {"fast": 24, "mpmath": 2}  # a small case goes to mpmath
+    oracle(Case.build("sigmoid_cross_entropy_with_logits", x, np.full(24, 0.25)), True, into)
+    assert into.oracle_units == {"fast": 24, "mpmath": 0}  # ordinary elements: the fast path
+    oracle(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False, into)
+    assert into.oracle_units == {"fast": 24, "mpmath": 2}  # a small case goes to mpmath
+    assert sum(into.oracle_cache.values()) == 2

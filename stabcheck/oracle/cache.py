@@ -104,7 +104,7 @@ class Cache:
         self.misses += 1
         result = evaluate(case, grad=grad)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: pickle.dump(_state(result), f, protocol=5), binary=True)
+        atomic_write(path, lambda f: pickle.dump(to_state(result), f, protocol=5), binary=True)
         return result
 
     def path(self, case: Case, grad: bool) -> Path:
@@ -120,8 +120,9 @@ def _with_seconds(result: OracleResult, seconds: dict[str, float]) -> OracleResu
     return dataclasses.replace(result, seconds=seconds)
 
 
-def _state(result: OracleResult) -> dict[str, Any]:
-    """Everything of ``result`` but its case, with the exact values as mpmath tuples."""
+def to_state(result: OracleResult) -> dict[str, Any]:
+    """Everything of ``result`` but its case, in plain types (the exact values as raw
+    mpmath tuples), for a file or a pipe."""
     operands = {name: (g.value, g.condition, _tuples(g.exact), g.scale)
                 for name, g in result.operand_gradients.items()}  # fmt: skip
     return {
@@ -135,6 +136,7 @@ def _state(result: OracleResult) -> dict[str, Any]:
         "gradient_exact": None if result.gradient is None else _tuples(result.gradient_exact),
         "operand_gradients": operands,
         "gradient_scale": result.gradient_scale,
+        "seconds": dict(result.seconds),
     }
 
 
@@ -143,21 +145,26 @@ def _read(path: Path, case: Case) -> OracleResult | None:
     (a damaged entry is a missing one, written afresh)."""
     try:
         with open(path, "rb") as f:
-            state = pickle.load(f)
-        exact, gradient_exact = _numbers(state.pop("exact")), state.pop("gradient_exact")
-        gradient_exact = None if gradient_exact is None else _numbers(gradient_exact)
-        operands = {name: Gradient(value, condition, _numbers(exact), scale)
-                    for name, (value, condition, exact, scale)
-                    in state.pop("operand_gradients").items()}  # fmt: skip
-        return OracleResult(
-            case=case,
-            **state,
-            operand_gradients=operands,
-            lazy_exact=lambda: exact,
-            lazy_gradient_exact=lambda: gradient_exact,
-        )
+            return from_state(pickle.load(f), case)
     except Exception:
         return None
+
+
+def from_state(state: dict[str, Any], case: Case) -> OracleResult:
+    """The result of ``case`` that ``to_state`` gave ``state``."""
+    state = dict(state)
+    exact, gradient_exact = _numbers(state.pop("exact")), state.pop("gradient_exact")
+    gradient_exact = None if gradient_exact is None else _numbers(gradient_exact)
+    operands = {name: Gradient(value, condition, _numbers(exact), scale)
+                for name, (value, condition, exact, scale)
+                in state.pop("operand_gradients").items()}  # fmt: skip
+    return OracleResult(
+        case=case,
+        **state,
+        operand_gradients=operands,
+        lazy_exact=lambda: exact,
+        lazy_gradient_exact=lambda: gradient_exact,
+    )
 
 
 def _tuples(array: np.ndarray) -> tuple[tuple[int, ...], list[Any]]:
