@@ -1,25 +1,30 @@
 """The audit: implementations x losses x formats x regimes, measured against the oracle.
 
-For each loss, format and regime the cases are drawn once (hypothesis, seeded per group
-so that adding a loss does not change another's cases), the oracle is evaluated once per
-case, and every selected implementation runs on the same cases in a child process
-(``stabcheck.runner``), with a time limit (a call that exceeds it is tried once more in a
-fresh process): an implementation that raises, hangs, crashes or returns something unusable
-becomes a row with status ``error`` or ``timeout`` and the audit carries on; a library that
-turns a format down is noted as unsupported in it, with what it said.
-With ``search``, each implementation then gets a targeted search of its own per group
-(``hypothesis.target`` on the bits of error), and the worst case it finds is measured too
+The run goes loss by loss and format by format (a step, ``_Chunk``). In each step the cases
+of every regime are drawn (hypothesis, seeded per group of loss, format and regime, so
+that adding a loss does not change another's cases), the oracle is evaluated once per case
+(read from its cache on disk when it is there, ``stabcheck.oracle.cache``), and every
+selected implementation is called on the cases it takes, in child processes that live for
+the whole run, one per library and backend (``stabcheck.runner``): the cases of JAX
+implementations go as the rows of a few calls, which their compiler sees as few shapes
+(``runner.BATCHED_BACKENDS``). Each call has a time limit (a call that exceeds it is tried
+once more in a fresh process); an implementation that raises, hangs, crashes or returns
+something unusable becomes a row with status ``error`` or ``timeout`` and the audit carries
+on; a library that turns a format down is noted as unsupported in it, with what it said.
+With ``search``, each group also draws that many search candidates (a second seeded
+stream), every implementation is called on them, and each keeps the rows of its worst
 (origin ``search``; the drawn cases have origin ``drawn``). Cases of a regression corpus
-(``corpus=``, see ``stabcheck.gate``) are measured too, with origin ``corpus``.
-The groups (and slices of the corpus) are tasks that run in one process per core
-(``AuditConfig.jobs``), each with its own implementation processes; their rows are merged
-in task order, so a run's result does not depend on how many processes ran it. An
-interrupt (SIGINT, or SIGTERM under ``stabcheck._signals.stop_on_signals``) keeps whole
-tasks and leaves no process behind.
+(``corpus=``, see ``stabcheck.gate``) are a last step, with origin ``corpus``.
+``AuditConfig.jobs`` processes draw the cases and evaluate the oracle, and as many
+implementation processes call at once; the rows are added in the order of the groups,
+cases and implementations, so a run's result does not depend on them. An interrupt
+(SIGINT, or SIGTERM under ``stabcheck._signals.stop_on_signals``) keeps whole steps and
+leaves no process behind.
 Then the rows are grouped into findings (``stabcheck.findings``: each row's ``finding`` is
 its ID), and at most ``FINDINGS_SHARE`` of the measuring time goes to their onsets, smallest
-cases, shapes and repros, through the same runner and time limits.
-One row of the returned DataFrame is one measurement (see ``COLUMNS``).
+cases, shapes and repros, through the same implementation processes.
+One row of the returned DataFrame is one measurement (see ``COLUMNS``); ``AuditResult.work``
+says where the time went (``WORK``).
 """
 
 from __future__ import annotations

@@ -239,8 +239,8 @@ def _selection(parser: argparse.ArgumentParser, gate: bool) -> None:
             "--search",
             type=int,
             default=None,
-            help="targeted examples per implementation, loss, format and regime, "
-            "steered by hypothesis.target toward more bits of error (default 10; "
+            help="search candidates per loss, format and regime, on which every "
+            "implementation is called and each keeps the rows of its worst (default 10; "
             "0 turns the search off)",
         )
     parser.add_argument(

@@ -284,6 +284,25 @@ class _Block:
             status=status,
         )
 
+    def _settle(self, lo: np.ndarray, hi: np.ndarray, got: np.ndarray, rows: int,
+                width: int) -> None:  # fmt: skip
+        """Narrow ``lo`` and ``hi`` (rows x width) where the tolerance alone decides: a
+        finite result beyond ``max_ulps`` is ok, or inaccurate (underflow at 0), wherever
+        ``_settled`` can tell from float64 approximations of the exact values."""
+        open_ = (lo != hi) & np.isfinite(got) & np.isfinite(self.expected64.reshape(rows, width))
+        open_ &= hi != SEVERITY[CLIPPED]
+        if not open_.any():
+            return
+        r, c = np.nonzero(open_)
+        exact = self.exact.reshape(rows, width)
+        approx = np.array([float(x) for x in exact[r, c].tolist()], dtype=np.float64)
+        scale = None if self.scale is None else np.asarray(self.scale).reshape(rows, width)[r, c]
+        ok, not_ok = _settled(got[r, c], approx,
+                              np.asarray(self.condition, np.float64).reshape(rows, width)[r, c],
+                              scale, self.target.fmt, self.target.max_ulps)  # fmt: skip
+        lo[r[not_ok], c[not_ok]] = hi[r[not_ok], c[not_ok]]
+        hi[r[ok], c[ok]] = lo[r[ok], c[ok]]
+
     def every(self) -> Iterator[Measurement]:
         for local in np.ndindex(self.got.shape):
             yield self.measurement(local)
@@ -295,6 +314,7 @@ class _Block:
         rows, width = self.got.shape[0], self.got[0].size
         flat = (self.rounded.reshape(rows, width), self.expected64.reshape(rows, width))
         lo, hi, ulps = _bounds(*flat, self.apart.reshape(rows, width), self.target.max_ulps)
+        self._settle(lo, hi, flat[0], rows, width)
         certain, everyone = lo == hi, np.arange(rows)
         # per row, the worst element of certain status: (severity, ulps, -column) largest
         sev = np.where(certain, lo, -1)
@@ -326,6 +346,37 @@ class _Block:
                 if key is None or (SEVERITY[found[0]], float(found[1]), -k) > key:
                     key, j, chosen = (SEVERITY[found[0]], float(found[1]), -k), k, found
             yield self.measurement((i, *column[j]), chosen)
+
+
+def _settled(
+    got: np.ndarray, exact: np.ndarray, condition: np.ndarray, scale: np.ndarray | None,
+    fmt: Format, max_ulps: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """For finite ``got`` (rounded to ``fmt``) more than ``max_ulps`` from the correctly
+    rounded finite exact value, whether ``_decide`` certainly finds it ok, and whether it
+    certainly does not, from float64 approximations ``exact`` of the exact values (at
+    most half an ULP of float64 off): the relative error and the absolute error are
+    bounded in float64 with a margin for every rounding, and an element too close to a
+    tolerance to say, or with an exact value that float64 cannot approximate closely
+    (0, below 2**-1020, beyond its range), is neither."""
+    u = 2.0**-52
+    a, d = np.abs(exact), np.abs(got - exact)
+    delta = u * (a + d) + 2.0**-1073  # the approximation of exact and the subtraction
+    usable = np.isfinite(a) & (a >= 2.0**-1020)
+    with np.errstate(all="ignore"):
+        kappa = np.where(np.isfinite(condition), condition, 1.0)
+        tolerance = max_ulps * np.maximum(1.0, kappa) * fmt.eps
+        rel_hi = (d + delta) / (a * (1 - u)) * (1 + 4 * u)
+        rel_lo = np.maximum(d - delta, 0.0) / (a * (1 + u)) * (1 - 4 * u)
+        ok = usable & (rel_hi <= tolerance)
+        not_ok = usable & (rel_lo > tolerance)
+        if scale is not None:
+            scale = np.asarray(scale, dtype=np.float64)
+            finite = np.isfinite(scale)
+            allowed = max_ulps * fmt.eps * np.maximum(a, np.where(finite, scale, 0.0))
+            ok |= usable & finite & ((d + delta) * (1 + 4 * u) <= allowed * (1 - 4 * u))
+            not_ok &= ~finite | ((d - delta) * (1 - 4 * u) > allowed * (1 + 4 * u) * (1 + u))
+    return ok, not_ok & ~ok
 
 
 def _bounds(
