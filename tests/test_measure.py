@@ -372,3 +372,33 @@ def test_measure_reads_lazy_arrays_by_blocks(monkeypatch):
     worst = measure_worst(lazy_result, got, "linear_weight", per_row=True)
     assert repr(worst) == repr(_worst_of(every, True))
     assert [m.index[0] for m in worst] == list(range(V))
+
+
+@pytest.mark.parametrize("fmt", ["float64", "float32", "bfloat16"])
+def test_settling_in_numpy_agrees_with_classify(fmt):
+    """Where ``_settled`` says ok or not ok from float64 approximations, ``_decide`` (in
+    mpmath, from the exact value) says the same; near a tolerance it settles nothing."""
+    from stabcheck.formats import get_format
+    from stabcheck.measure import _decide, _settled
+    from stabcheck.oracle.enclosure import CTX
+
+    f = get_format(fmt)
+    rng = np.random.default_rng(11)
+    n = 4000
+    exact = [CTX.mpf(float(m)) * CTX.mpf(2) ** int(e) * (1 + CTX.mpf(2) ** -70 * int(k))
+             for m, e, k in zip(rng.uniform(-2, 2, n), rng.integers(-60, 60, n),
+                                rng.integers(-9, 9, n))]  # fmt: skip
+    condition = 10.0 ** rng.uniform(-1, 8, n)
+    scale = np.where(rng.uniform(size=n) < 0.3, 10.0 ** rng.uniform(-20, 5, n), np.nan)
+    # results at relative errors spread around the tolerance, some exactly at it
+    tolerance = 4 * np.maximum(1.0, condition) * f.eps
+    factor = np.where(rng.uniform(size=n) < 0.2, 1.0, 10.0 ** rng.uniform(-1, 1, n))
+    approx = np.array([float(x) for x in exact])
+    got = f.asarray(approx * (1 + tolerance * factor)).astype(np.float64)
+    ok, not_ok = _settled(got, approx, condition, scale, f, 4.0)
+    assert ok.sum() > n / 4 and not_ok.sum() > n / 4
+    expected = f.asarray(approx).astype(np.float64)
+    for i in np.flatnonzero(ok | not_ok):
+        status, _, _ = _decide(exact[i], expected[i], got[i], 10**6, f, condition[i], 4.0,
+                               None if np.isnan(scale[i]) else scale[i])  # fmt: skip
+        assert (status == "ok") == bool(ok[i]), (i, status)
