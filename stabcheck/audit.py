@@ -546,14 +546,15 @@ def _measure(
         exact[case.id] = from_state(state, case)
         _count(into, exact[case.id])
     # 3. the calls: per implementation, every case it takes, batched
-    wanted: dict[str, tuple[Implementation, dict[str, Case]]] = {}
-    for cases in planned:
+    wanted: dict[tuple[str, str], tuple[Implementation, dict[str, Case]]] = {}
+    for cases in planned:  # an implementation is a name and a loss (the corpus mixes them)
         for _, case, impls in cases:
             for impl in impls:
                 if case.id in exact and impl.takes(case):
-                    wanted.setdefault(impl.name, (impl, {}))[1].setdefault(case.id, case)
+                    key = (impl.name, impl.loss)
+                    wanted.setdefault(key, (impl, {}))[1].setdefault(case.id, case)
     jobs = [(impl, list(cases.values())) for impl, cases in wanted.values()]
-    outcomes: dict[tuple[str, str], Outcome] = {}
+    outcomes: dict[tuple[str, str, str], Outcome] = {}
     before, calls, called_so_far = runners.seconds(), sum(len(c) for _, c in jobs) or 1, 0
 
     def starting(index: int, fresh: bool) -> None:
@@ -566,7 +567,7 @@ def _measure(
         impl, called = jobs[index]
         called_so_far += len(called)
         for case, outcome in zip(called, answers):
-            outcomes[impl.name, case.id] = outcome
+            outcomes[impl.name, impl.loss, case.id] = outcome
     for kind, seconds in runners.seconds().items():
         into.spent(kind, seconds - before.get(kind, 0.0))
     # 4. the rows, in order
@@ -575,7 +576,7 @@ def _measure(
         worst: dict[str, tuple[float, Case, list[dict[str, Any]]]] = {}
         for origin, case, impls in cases:
             for impl in impls:
-                outcome = outcomes.get((impl.name, case.id))
+                outcome = outcomes.get((impl.name, impl.loss, case.id))
                 if outcome is None:
                     continue
                 if outcome.status == UNSUPPORTED:

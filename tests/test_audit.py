@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -355,6 +356,11 @@ def test_corpus_cases_are_measured_with_their_origin():
     assert set(only["case_id"]) == {corpus[0].id}
     both = run_audit(config, corpus=corpus).frame()
     assert set(both["origin"]) == {"drawn", "corpus"}
+    # one implementation name, several losses: each case goes to the function of its loss
+    mixed = run_audit(replace(config, implementations=["accurate"], losses=None, formats=None),
+                      corpus=corpus, draw=False).frame()  # fmt: skip
+    assert set(mixed["loss"]) == {c.loss.name for c in corpus}
+    assert set(mixed["status"]) == {"ok"}
 
 
 def test_a_call_that_times_out_once_is_retried_in_a_fresh_process(user_module, tmp_path,
