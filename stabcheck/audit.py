@@ -244,6 +244,7 @@ class AuditResult:
     investigation: Investigation = field(default_factory=Investigation)
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds: measure, findings
     work: dict[str, float] = field(default_factory=dict)  # seconds summed over processes
+    printed: dict[str, str] = field(default_factory=dict)  # by implementation process
 
     def spent(self, kind: str, seconds: float) -> None:
         """Add ``seconds`` of work of ``kind`` (see ``WORK``)."""
@@ -393,6 +394,7 @@ def run_audit(
             result.phases["findings"] = time.perf_counter() - start - result.phases["measure"]
     finally:
         runners.close()
+        result.printed = runners.printed
         result.seconds = time.perf_counter() - start
     return result
 

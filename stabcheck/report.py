@@ -68,7 +68,7 @@ CHECKPOINT = "measurements.partial.csv"
 # every file a report may hold (worst.md: what findings.md replaced, removed from old reports)
 REPORT_FILES = ("measurements.csv", "measurements.parquet", "findings.csv", "findings.parquet",
                 "cases.jsonl.gz", "summary.md", "findings.md", "tables.md", "run.json",
-                "plots/*.png", "worst.md", CHECKPOINT)  # fmt: skip
+                "plots/*.png", "log.txt", "worst.md", CHECKPOINT)  # fmt: skip
 FINDINGS_PER_IMPLEMENTATION = 12  # lines of findings per implementation in summary.md
 
 
@@ -91,9 +91,19 @@ def write_report(result: AuditResult, config: AuditConfig, out: str | Path) -> l
         table = findings_frame(result.findings, result.rows)
         files["measurements.parquet"] = (frame.to_parquet, True)
         files["findings.parquet"] = (table.to_parquet, True)
+    files["log.txt"] = (lambda f: f.write(log_text(result.printed)), False)
     sweeps = pd.DataFrame(result.investigation.sweeps, columns=list(SWEEP_COLUMNS))
     files.update(plots(frame, sweeps, result.unsupported))
     return replace_files(Path(out), files, REPORT_FILES)
+
+
+def log_text(printed: dict[str, str]) -> str:
+    """What the implementation processes printed (frameworks' log lines and warnings,
+    kept off the terminal), process by process."""
+    if not printed:
+        return "The implementation processes printed nothing.\n"
+    parts = [f"== {name} ==\n{text.rstrip()}\n" for name, text in printed.items()]
+    return "\n".join(parts)
 
 
 def report_files(

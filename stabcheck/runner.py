@@ -131,11 +131,17 @@ class Runners:
     def __init__(self, timeout: float, parallel: int) -> None:
         self.timeout, self.parallel = timeout, parallel
         self.runners: dict[str, Runner] = {}
+        self.folder: str | None = None  # of the processes' output files
+        self.printed: dict[str, str] = {}  # what each printed, once closed (``close``)
 
     def get(self, impl: Implementation) -> Runner:
         key = impl.name if ":" in impl.name else f"{impl.library}[{impl.backend}]"
         if key not in self.runners:
-            self.runners[key] = Runner(key, self.timeout)
+            if self.folder is None:
+                self.folder = tempfile.mkdtemp(prefix="stabcheck-output-")
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+            output = os.path.join(self.folder, f"{len(self.runners)}-{name}.txt")
+            self.runners[key] = Runner(key, self.timeout, output)
         return self.runners[key]
 
     def run(
@@ -218,8 +224,23 @@ class Runners:
         return total
 
     def close(self) -> None:
-        for runner in self.runners.values():
+        """Stop every process and keep what each printed in ``printed`` (frameworks' log
+        lines and warnings: the report's log), by runner."""
+        import shutil
+
+        for key, runner in self.runners.items():
             runner.close()
+            try:
+                with open(runner.output, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except (OSError, TypeError):
+                text = ""
+            if text.strip():
+                self.printed[key] = self.printed.get(key, "") + text
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+        self.runners.clear()
 
 
 def _ready(runners: list[Runner]) -> list[Runner]:
@@ -336,8 +357,8 @@ class Runner:
     once more in a fresh process before it is recorded as a timeout. Forked, so it
     inherits every implementation the parent has loaded."""
 
-    def __init__(self, name: str, timeout: float) -> None:
-        self.name, self.timeout = name, timeout
+    def __init__(self, name: str, timeout: float, output: str | None = None) -> None:
+        self.name, self.timeout, self.output = name, timeout, output
         self.process: Any = None
         self.conn: Any = None
         self.started = 0.0
@@ -419,7 +440,7 @@ class Runner:
         context = multiprocessing.get_context("fork")
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child, self.conn, os.getpid()), daemon=True
+            target=_serve, args=(child, self.conn, os.getpid(), self.output), daemon=True
         )
         self.process.start()
         child.close()
@@ -435,12 +456,13 @@ class Runner:
             self.conn = None
 
 
-def _serve(conn: Any, parent_end: Any, parent: int) -> None:
-    """An implementation process: answer calls until the pipe closes."""
+def _serve(conn: Any, parent_end: Any, parent: int, path: str | None) -> None:
+    """An implementation process: answer calls until the pipe closes; what it prints goes
+    to the file ``path`` (appended: a process started again continues it)."""
     parent_end.close()
     _signals.die_with_parent(parent)
     _signals.child_signals()
-    output = _Output()
+    output = _Output(path)
     if "torch" in sys.modules:  # a thread pool started before the fork would hang the child
         sys.modules["torch"].set_num_threads(1)
     while True:
@@ -462,8 +484,8 @@ class _Output:
     implementation prints can block on a slow or closed terminal, or mix into the
     parent's progress line."""
 
-    def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()
+    def __init__(self, path: str | None = None) -> None:
+        self.file = tempfile.TemporaryFile() if path is None else open(path, "ab+")
         self.fd = self.file.fileno()
         for stream in (sys.stdout, sys.stderr):
             try:

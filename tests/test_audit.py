@@ -44,6 +44,12 @@ USER_MODULE = textwrap.dedent(
             time.sleep(60)
         return -(z * np.log(p) + (1 - z) * np.log1p(-p))
 
+    def chatty(p, z):  # a framework that logs as it works
+        import sys
+        print("I tensorflow: a log line")
+        print("W a warning", file=sys.stderr)
+        return -(z * np.log(p) + (1 - z) * np.log1p(-p))
+
     def keras_clipped(p, z):  # Keras-style: clip probabilities to [1e-7, 1 - 1e-7]
         q = np.clip(p, 1e-7, 1 - 1e-7)
         return -(z * np.log(q) + (1 - z) * np.log1p(-q))
@@ -385,3 +391,20 @@ def test_the_oracle_s_results_are_counted_by_path():
     oracle(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False, into)
     assert into.oracle_units == {"fast": 24, "mpmath": 2}  # a small case goes to mpmath
     assert sum(into.oracle_cache.values()) == 2
+
+
+def test_what_implementations_print_goes_to_the_report_s_log(user_module, tmp_path, capfd):
+    from stabcheck.report import write_report
+
+    config = AuditConfig(implementations=[f"{user_module}:chatty"],
+                         losses=["binary_crossentropy"], formats=["float64"],
+                         regimes=["moderate"], examples=2, search=0)  # fmt: skip
+    result = run_audit(config)
+    assert set(result.frame()["status"]) == {"ok"}
+    out, err = capfd.readouterr()
+    assert "a log line" not in out + err and "a warning" not in out + err  # not on the terminal
+    [(name, text)] = result.printed.items()
+    assert name == f"{user_module}:chatty" and "I tensorflow: a log line" in text
+    write_report(result, config, tmp_path)
+    log = (tmp_path / "log.txt").read_text()
+    assert f"== {name} ==" in log and "W a warning" in log
