@@ -144,20 +144,6 @@ class Runners:
             self.runners[key] = Runner(key, self.timeout, output)
         return self.runners[key]
 
-    def run(
-        self, impls: Sequence[Implementation], case: Case, grad: bool
-    ) -> Iterator[tuple[Implementation, Outcome]]:
-        """Each implementation's outcome on ``case``, in the order of ``impls``; calls run
-        together in batches of at most ``parallel`` runners, each busy with one call."""
-        batch: list[Implementation] = []
-        for impl in impls:
-            runner = self.get(impl)
-            if len(batch) == self.parallel or any(self.get(b) is runner for b in batch):
-                yield from self._collect(batch)
-            runner.submit(impl, case, grad)
-            batch.append(impl)
-        yield from self._collect(batch)
-
     def run_jobs(
         self,
         jobs: Sequence[tuple[Implementation, Sequence[Case]]],
@@ -209,11 +195,6 @@ class Runners:
             for runner in _ready(list(active)):
                 index, steps = active[runner]
                 advance(runner, index, steps, runner.result())
-
-    def _collect(self, batch: list[Implementation]) -> Iterator[tuple[Implementation, Outcome]]:
-        for impl in batch:
-            yield impl, self.get(impl).result()
-        batch.clear()
 
     def seconds(self) -> dict[str, float]:
         """The calls' own time so far, by kind (``Runner._account``), summed over runners."""
