@@ -317,8 +317,14 @@ def _x_scale(ax: Axes, x: Any) -> None:
 
 def _position(ax: Axes, x: float) -> float:
     """Where ``x`` falls between the axis limits, 0 to 1, in the axis's own scale."""
+    import numpy as np
+
     lo, hi, at = ax.xaxis.get_transform().transform([*ax.get_xlim(), x])
-    return (at - lo) / (hi - lo) if hi != lo else 0.5
+    if hi == lo:
+        return 0.5
+    with np.errstate(over="ignore", invalid="ignore"):  # limits near the float range
+        where = (at - lo) / (hi - lo)
+    return float(where) if np.isfinite(where) else 0.5
 
 
 def _ink(colour: str) -> str:
