@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -355,8 +356,11 @@ def run_audit(
     try:
         try:
             total, done = sum(c.planned(config) for c in chunks), 0
-            with _pool(jobs) as pool:
-                for chunk in chunks:
+            with _pool(jobs) as submit:
+                # every step's cases drawn and evaluated ahead, in order, while the
+                # implementations of the steps before are called
+                prepared = [[submit(_prepare, t) for t in chunk.tasks(config)] for chunk in chunks]
+                for chunk, ready in zip(chunks, prepared):
                     planned = chunk.planned(config)
 
                     def step(what: str, share: float, label: str = chunk.label,
@@ -366,7 +370,9 @@ def run_audit(
 
                     part = AuditResult()
                     try:
-                        _measure(chunk, config, runners, pool, part, step)
+                        step("drawing cases, the oracle", 0.0)
+                        _measure(chunk, config, runners, [r.result() for r in ready], part,
+                                 step)  # fmt: skip
                     except BrokenProcessPool:
                         if _signals.received():
                             raise KeyboardInterrupt from None  # stopped with us by the signal
@@ -430,6 +436,17 @@ class _Chunk:
     groups: tuple[tuple[tuple[str, str, str], tuple[Implementation, ...]], ...] = ()
     corpus: tuple[tuple[Case, tuple[Implementation, ...]], ...] = ()
 
+    def tasks(self, config: AuditConfig) -> list[tuple[Any, ...]]:
+        """What ``_prepare`` does for it: each group's cases drawn and evaluated, or each
+        corpus case evaluated."""
+        tasks: list[tuple[Any, ...]] = []
+        for (loss, fmt, regime), _ in self.groups:
+            spec = get_regime(regime)
+            examples = min(config.examples, spec.max_examples or config.examples)
+            search = config.search if spec.searched else 0
+            tasks.append((loss, fmt, regime, examples, search, config.seed, config.grad))
+        return tasks + [(case, config.grad) for case, _ in self.corpus]
+
     def planned(self, config: AuditConfig) -> int:
         """The calls it plans: cases (drawn and searched) times implementations."""
         calls = sum(len(impls) for _, impls in self.corpus)
@@ -464,21 +481,38 @@ def _chunks(
 
 
 @contextlib.contextmanager
-def _pool(jobs: int) -> Iterator[Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]]:
-    """A ``map`` (results in order) over ``jobs`` forked processes that ignore SIGINT and
-    die with this one (``concurrent.futures``: a process that dies breaks the map, it does
-    not hang it); the builtin ``map`` for one job, or where processes cannot fork."""
+def _pool(jobs: int) -> Iterator[Callable[..., Any]]:
+    """A ``submit(fn, arg)`` that runs ``fn(arg)`` in one of ``jobs`` forked processes that
+    ignore SIGINT and die with this one (``concurrent.futures``: a process that dies
+    breaks the pool, it does not hang it) and returns its future; for one job, or where
+    processes cannot fork, the work is done here when its result is asked for."""
     if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield map
+        yield _Later
         return
     from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"),
                                initializer=_pool_process, initargs=(os.getpid(),))  # fmt: skip
     try:
-        yield pool.map
+        yield pool.submit
     finally:
+        # the work left is not wanted: its processes are stopped now (a pool broken by a
+        # process that died can leave the others waiting for work that will not come)
+        processes = list(getattr(pool, "_processes", None) or {})
         pool.shutdown(wait=False, cancel_futures=True)
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _Later:
+    """A future that does its work in this process when its result is asked for."""
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn, self.arg = fn, arg
+
+    def result(self) -> Any:
+        return self.fn(self.arg)
 
 
 def _pool_process(parent: int) -> None:
@@ -486,67 +520,59 @@ def _pool_process(parent: int) -> None:
     _signals.die_with_parent(parent)
 
 
-def _drawn(task: tuple[str, str, str, int, int, int]) -> tuple[list[Case], list[Case], float]:
-    """A group's drawn cases and search candidates (none already drawn), and the seconds
-    drawing took."""
-    loss, fmt, regime, examples, search, seed = task
-    start = time.perf_counter()
-    drawn = draw_cases(loss, fmt, regime, examples, seed)
-    ids = {case.id for case in drawn}
-    more = draw_cases(loss, fmt, regime, search, seed, "search") if search else []
-    return drawn, [c for c in more if c.id not in ids], time.perf_counter() - start
-
-
-def _exact(task: tuple[Case, bool]) -> dict[str, Any] | str:
-    """The oracle's answer for a case in a form that crosses processes (``to_state``), or
-    why it gave up."""
-    case, grad = task
-    try:
-        return to_state(Cache(default_directory()).evaluate(case, grad))
-    except PrecisionLimitReached as exc:
-        return f"{case.id}: {exc}"
+def _prepare(task: tuple[Any, ...]) -> tuple[list[Case], list[Case], dict[str, Any], float]:
+    """A group's drawn cases and search candidates (none already drawn), or a corpus case,
+    with the oracle's answer for each in a form that crosses processes (``to_state``, or
+    why it gave up), and the seconds drawing took."""
+    if len(task) == 2:
+        (case, grad), drawn, more, seconds = task, [task[0]], [], 0.0
+    else:
+        loss, fmt, regime, examples, search, seed, grad = task
+        start = time.perf_counter()
+        drawn = draw_cases(loss, fmt, regime, examples, seed)
+        ids = {case.id for case in drawn}
+        more = draw_cases(loss, fmt, regime, search, seed, "search") if search else []
+        more = [c for c in more if c.id not in ids]
+        seconds = time.perf_counter() - start
+    answers: dict[str, Any] = {}
+    for case in drawn + more:
+        try:
+            answers[case.id] = to_state(Cache(default_directory()).evaluate(case, grad))
+        except PrecisionLimitReached as exc:
+            answers[case.id] = f"{case.id}: {exc}"
+    return drawn, more, answers, seconds
 
 
 def _measure(
     chunk: _Chunk,
     config: AuditConfig,
     runners: Runners,
-    pool: Any,
+    prepared: list[tuple[list[Case], list[Case], dict[str, Any], float]],
     into: AuditResult,
     step: Callable[[str, float], None],
 ) -> None:
-    """Measure one step: draw its cases, evaluate the oracle on each, call every
-    implementation on the cases it takes (batched, ``Runners.run_jobs``), and add the
+    """Measure one step from its ``prepared`` cases and oracle answers (``_prepare``): call
+    every implementation on the cases it takes (batched, ``Runners.run_jobs``), and add the
     rows, group by group and case by case, implementations in order; of a group's search
     candidates, each implementation keeps its worst (origin ``search``)."""
-    # 1. the cases: (origin, case, implementations) per group, in order
-    tasks = []
-    for (loss, fmt, regime), _ in chunk.groups:
-        examples = min(config.examples, get_regime(regime).max_examples or config.examples)
-        search = config.search if get_regime(regime).searched else 0
-        tasks.append((loss, fmt, regime, examples, search, config.seed))
-    step("drawing cases", 0.0)
+    # 1. the cases: (origin, case, implementations) per group, in order, and their answers
+    owners = [impls for _, impls in chunk.groups] + [impls for _, impls in chunk.corpus]
     planned: list[list[tuple[str, Case, tuple[Implementation, ...]]]] = []
-    for (_, impls), (drawn, searched, seconds) in zip(chunk.groups, pool(_drawn, tasks)):
-        into.spent("draw", seconds)
-        planned.append([("drawn", c, impls) for c in drawn]
-                       + [("search", c, impls) for c in searched])  # fmt: skip
-    planned += [[("corpus", case, impls)] for case, impls in chunk.corpus]
-    # 2. the oracle, once per case that some implementation takes
-    unique: dict[str, Case] = {}
-    for cases in planned:
-        for _, case, impls in cases:
-            if any(impl.takes(case) for impl in impls):
-                unique.setdefault(case.id, case)
-    step(f"the oracle on {len(unique)} cases", 0.1)
     exact: dict[str, OracleResult] = {}
-    answers = pool(_exact, [(case, config.grad) for case in unique.values()])
-    for case, state in zip(unique.values(), answers):
-        if isinstance(state, str):
-            into.oracle_failures.append(state)
-            continue
-        exact[case.id] = from_state(state, case)
-        _count(into, exact[case.id])
+    for impls, (drawn, searched, answers, seconds) in zip(owners, prepared):
+        into.spent("draw", seconds)
+        origin = "drawn" if len(owners) - len(chunk.corpus) > len(planned) else "corpus"
+        planned.append([(origin, c, impls) for c in drawn]
+                       + [("search", c, impls) for c in searched])  # fmt: skip
+        for case in drawn + searched:
+            if case.id in exact or not any(impl.takes(case) for impl in impls):
+                continue
+            state = answers[case.id]
+            if isinstance(state, str):
+                into.oracle_failures.append(state)
+                continue
+            exact[case.id] = from_state(state, case)
+            _count(into, exact[case.id])
     # 3. the calls: per implementation, every case it takes, batched
     wanted: dict[tuple[str, str], tuple[Implementation, dict[str, Case]]] = {}
     for cases in planned:  # an implementation is a name and a loss (the corpus mixes them)

@@ -286,16 +286,16 @@ def test_a_process_that_fails_or_dies_stops_the_run_with_the_step_named(monkeypa
 
     from stabcheck import audit
 
-    drawn = audit._drawn
+    prepare = audit._prepare
 
     def broken(task):
         if task[2] == "tiny":
             os._exit(9)
         if task[2] == "saturating":
             raise ValueError("a bug")
-        return drawn(task)
+        return prepare(task)
 
-    monkeypatch.setattr(audit, "_drawn", broken)
+    monkeypatch.setattr(audit, "_prepare", broken)
     config = AuditConfig(implementations=["naive"], losses=["binary_crossentropy"],
                          formats=["float64"], examples=1, search=0, jobs=2)  # fmt: skip
     with pytest.raises(RuntimeError, match=r"binary_crossentropy float64"):

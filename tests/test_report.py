@@ -86,7 +86,8 @@ def test_summary_separates_hard_failures_and_links_each_finding(audited, tmp_pat
     assert set(run["phases_seconds"]) == {"measure", "findings"}
     # the work by kind: every kind is one of WORK's, the oracle's paths and calls are there
     work = run["work_seconds"]
-    assert set(work) <= set(WORK) and {"oracle_mpmath", "calls_first", "measure"} <= set(work)
+    assert set(work) <= set(WORK) and {"calls_first", "measure"} <= set(work)
+    assert {"oracle_mpmath", "oracle_cache"} & set(work)  # computed, or read from the cache
     assert all(v >= 0 for v in work.values())
     assert run["findings_searched"] > 0 and run["findings_search_failures"] == []
 
