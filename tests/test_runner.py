@@ -1,5 +1,6 @@
-"""The runner's batched calls: the same outcomes as one case per call, a failing case
-isolated from the others of its batch, few shapes for a JIT compiler."""
+"""The runner's batched calls: the same outcomes as one case per call on a sample of cases
+(XLA may reduce a row in another order at another row count: ``runner.BATCHED_BACKENDS``),
+a failing case isolated from the others of its batch, few shapes for a JIT compiler."""
 
 from __future__ import annotations
 
