@@ -34,7 +34,6 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -76,6 +75,7 @@ FINDINGS_SHARE = 0.19  # of the measuring time for the findings: 20% with the la
 FINDINGS_FLOOR = 5.0  # seconds a short audit may spend on them all the same
 MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; longer limits are mistakes (or inf)
 CORES = os.cpu_count() or 1  # processes an audit runs at once, by default
+POOL_GRACE = 2.0  # seconds the pool's processes have to end once the run is done with them
 WORK = {  # AuditResult.work: seconds of each kind, summed over the processes that spent them
     "draw": "drawing cases (hypothesis), in the drawn groups and the searches",
     "oracle_fast": "the oracle's double-double fast path",
@@ -496,13 +496,17 @@ def _pool(jobs: int) -> Iterator[Callable[..., Any]]:
     try:
         yield pool.submit
     finally:
-        # the work left is not wanted: its processes are stopped now (a pool broken by a
-        # process that died can leave the others waiting for work that will not come)
-        processes = list(getattr(pool, "_processes", None) or {})
+        # idle processes end when told; busy ones (an interrupt) and those of a pool broken
+        # by a process that died (they wait for work that will not come) are stopped
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        for pid in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + POOL_GRACE
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 class _Later:
