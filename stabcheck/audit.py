@@ -344,8 +344,8 @@ def run_audit(
     ``corpus``, when their loss and format are selected; ``draw=False`` measures only them.
     ``config.jobs`` processes (by default, one per core) draw the cases and evaluate the
     oracle, and as many implementation processes call at once; the result does not depend
-    on their number. An interrupt (Ctrl-C) stops the run and returns the losses measured
-    whole, with ``interrupted`` set.
+    on their number. An interrupt (Ctrl-C) stops the run and returns the steps (a loss
+    and format each) measured whole, with ``interrupted`` set.
     """
     config = config.validated()
     start = time.perf_counter()
