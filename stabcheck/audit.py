@@ -58,7 +58,7 @@ from stabcheck.implementations import (
 from stabcheck.losses import get_loss, loss_names
 from stabcheck.measure import DEFAULT_MAX_ULPS, Measurement, measure, measure_worst
 from stabcheck.oracle import OracleResult
-from stabcheck.oracle.cache import Cache, default_directory, from_state, to_state
+from stabcheck.oracle.cache import cached, from_state, to_state
 from stabcheck.runner import UNSUPPORTED, Outcome, Runners, check_user
 from stabcheck.strategies import cases as case_strategy
 from stabcheck.strategies import get_regime, independent_of_imports, regimes_for
@@ -310,14 +310,6 @@ def draw_cases(
     return list(drawn.values())[:examples]
 
 
-def oracle(case: Case, grad: bool, into: AuditResult) -> OracleResult:
-    """The oracle's answer, from its cache on disk when it is there
-    (``stabcheck.oracle.cache``), counted in ``into`` (see ``_count``)."""
-    exact = Cache(default_directory()).evaluate(case, grad)
-    _count(into, exact)
-    return exact
-
-
 def _count(into: AuditResult, exact: OracleResult) -> None:
     """Count in ``into`` the results each of the oracle's paths decided, whether the cache
     had them, and the time each path took."""
@@ -541,7 +533,7 @@ def _prepare(task: tuple[Any, ...]) -> tuple[list[Case], list[Case], dict[str, A
     answers: dict[str, Any] = {}
     for case in drawn + more:
         try:
-            answers[case.id] = to_state(Cache(default_directory()).evaluate(case, grad))
+            answers[case.id] = to_state(cached(case, grad))
         except PrecisionLimitReached as exc:
             answers[case.id] = f"{case.id}: {exc}"
     return drawn, more, answers, seconds
@@ -560,12 +552,12 @@ def _measure(
     rows, group by group and case by case, implementations in order; of a group's search
     candidates, each implementation keeps its worst (origin ``search``)."""
     # 1. the cases: (origin, case, implementations) per group, in order, and their answers
-    owners = [impls for _, impls in chunk.groups] + [impls for _, impls in chunk.corpus]
+    owners = [(impls, "drawn") for _, impls in chunk.groups]
+    owners += [(impls, "corpus") for _, impls in chunk.corpus]
     planned: list[list[tuple[str, Case, tuple[Implementation, ...]]]] = []
     exact: dict[str, OracleResult] = {}
-    for impls, (drawn, searched, answers, seconds) in zip(owners, prepared):
+    for (impls, origin), (drawn, searched, answers, seconds) in zip(owners, prepared):
         into.spent("draw", seconds)
-        origin = "drawn" if len(owners) - len(chunk.corpus) > len(planned) else "corpus"
         planned.append([(origin, c, impls) for c in drawn]
                        + [("search", c, impls) for c in searched])  # fmt: skip
         for case in drawn + searched:

@@ -802,14 +802,14 @@ class _Group:
             return cached
         from stabcheck.audit import _rows
         from stabcheck.errors import PrecisionLimitReached
-        from stabcheck.oracle.cache import Cache, default_directory
+        from stabcheck.oracle.cache import cached
         from stabcheck.runner import Outcome, invoke
 
         if not self.plan.impl.takes(case):  # an option the function has no argument for
             self.cache[case.id] = _REJECTED
             return _REJECTED
         try:
-            exact = Cache(default_directory()).evaluate(case, self.plan.grad)
+            exact = cached(case, self.plan.grad)
         except PrecisionLimitReached:
             self.cache[case.id] = _REJECTED
             return _REJECTED

@@ -607,14 +607,14 @@ class _Probe:
         shape alone, measured by its worst output; None where that cannot be done."""
         from stabcheck.errors import PrecisionLimitReached
         from stabcheck.measure import measure, measure_worst
-        from stabcheck.oracle.cache import Cache, default_directory
+        from stabcheck.oracle.cache import cached
 
         case = units[0] if len(units) == 1 else _stack(units)
         if case is None or self.late():
             return None
         grad = quantity.startswith("gradient")
         try:
-            exact = Cache(default_directory()).evaluate(case, grad)
+            exact = cached(case, grad)
         except PrecisionLimitReached:
             return None
         outcome = self.call(impl, case, grad)

@@ -386,13 +386,15 @@ def test_a_call_that_times_out_once_is_retried_in_a_fresh_process(user_module, t
 
 
 def test_the_oracle_s_results_are_counted_by_path():
-    from stabcheck.audit import AuditResult, oracle
+    from stabcheck.audit import AuditResult, _count
+    from stabcheck.oracle.cache import cached
 
     into = AuditResult()
     x = np.linspace(-3, 3, 24)
-    oracle(Case.build("sigmoid_cross_entropy_with_logits", x, np.full(24, 0.25)), True, into)
+    _count(into, cached(Case.build("sigmoid_cross_entropy_with_logits", x, np.full(24, 0.25)),
+                        True))  # fmt: skip
     assert into.oracle_units == {"fast": 24, "mpmath": 0}  # ordinary elements: the fast path
-    oracle(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False, into)
+    _count(into, cached(Case.build("binary_crossentropy", [0.5, 1.0], [1.0, 0.0]), False))
     assert into.oracle_units == {"fast": 24, "mpmath": 2}  # a small case goes to mpmath
     assert sum(into.oracle_cache.values()) == 2
 

@@ -82,6 +82,11 @@ def default_directory() -> Path | None:
     return Path(base) / "stabcheck"
 
 
+def cached(case: Case, grad: bool) -> OracleResult:
+    """``oracle.evaluate(case, grad=grad)`` through the cache in ``default_directory()``."""
+    return Cache(default_directory()).evaluate(case, grad)
+
+
 class Cache:
     """The oracle's results for cases, on disk under ``directory`` (None: no cache, every
     result computed). ``hits`` and ``misses`` count the lookups."""
